@@ -1,0 +1,80 @@
+"""The `ct2-magics` console script."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from ct2_magics.errors import LlamaError
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    """Run `ct2-magics convert`."""
+    from ct2_magics.convert import convert
+
+    convert(
+        args.source,
+        args.output,
+        quantization=None if args.quantization == "none" else args.quantization,
+        revision=args.revision,
+        force=args.force,
+    )
+    return 0
+
+
+def _add_convert(subparsers: argparse._SubParsersAction) -> None:
+    """Declare the `convert` subcommand."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a transformers model (local dir or Hub repo id) to CTranslate2",
+        description=(
+            "Convert a Hugging Face transformers model to a CTranslate2 model directory, "
+            "keeping Llama 3.1/3.2 RoPE scaling and copying the tokenizer and chat template."
+        ),
+    )
+    parser.add_argument("source", help="local transformers model directory or Hugging Face repo id")
+    parser.add_argument("output", help="directory to write the converted model to")
+    parser.add_argument(
+        "--quantization",
+        default="int8_float16",
+        help="weight type: int8_float16 (default), int8, int8_float32, int16, float16, bfloat16, float32, "
+        "or 'none' to keep the checkpoint's dtype",
+    )
+    parser.add_argument("--revision", default=None, help="branch, tag or commit of a Hub repo")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    parser.set_defaults(handler=_cmd_convert)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="ct2-magics", description="Tools for the ct2_magics Jupyter extension.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in _SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse `argv`, run the subcommand, turn a LlamaError into one stderr line."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help and on usage errors
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return int(args.handler(args))
+    except LlamaError as exc:
+        message = " ".join(str(exc).split())
+        print(f"ct2-magics: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ct2-magics: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Named chats: messages, system prompt, turns keyed by cell, trimming to the context window."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from .errors import LlamaError
+
+Message = dict[str, str]
+
+
+@dataclass
+class Turn:
+    """One exchange: the user's prompt and the assistant's reply (complete, interrupted or stopped)."""
+
+    user: str
+    assistant: str
+    status: str = "complete"
+    cell_id: str | None = None
+
+    def messages(self) -> list[Message]:
+        return [{"role": "user", "content": self.user}, {"role": "assistant", "content": self.assistant}]
+
+
+@dataclass
+class Chat:
+    """A conversation shared by the magic, the panel and the Python API."""
+
+    name: str
+    system: str | None = None
+    turns: list[Turn] = field(default_factory=list)
+    _observers: list[Callable[[Chat], None]] = field(default_factory=list, repr=False)
+
+    def messages(self, before: int | None = None) -> list[Message]:
+        """System prompt and turns (all, or those before index `before`) as chat-template messages."""
+        out: list[Message] = [{"role": "system", "content": self.system}] if self.system else []
+        for turn in self.turns[:before]:
+            out.extend(turn.messages())
+        return out
+
+    def index_of_cell(self, cell_id: str | None) -> int | None:
+        if cell_id is None:
+            return None
+        return next((i for i, t in enumerate(self.turns) if t.cell_id == cell_id), None)
+
+    def record(self, turn: Turn, at: int | None = None) -> None:
+        """Add a turn, or replace the turn at index `at` (a re-run cell)."""
+        if at is None:
+            self.turns.append(turn)
+        else:
+            self.turns[at] = turn
+        self.changed()
+
+    def undo(self) -> Turn:
+        if not self.turns:
+            raise LlamaError(f"Chat {self.name!r} is empty; there is nothing to undo.")
+        turn = self.turns.pop()
+        self.changed()
+        return turn
+
+    def reset(self) -> None:
+        self.turns.clear()
+        self.changed()
+
+    def set_system(self, text: str | None) -> None:
+        self.system = text or None
+        self.changed()
+
+    def observe(self, fn: Callable[[Chat], None]) -> Callable[[], None]:
+        """Call fn(chat) after every change; returns a function that stops it."""
+        self._observers.append(fn)
+        return lambda: self._observers.remove(fn) if fn in self._observers else None
+
+    def changed(self) -> None:
+        for fn in list(self._observers):
+            try:
+                fn(self)
+            except Exception:  # a broken view must never break the conversation
+                pass
+
+
+class Chats:
+    """All chats of this kernel, by name."""
+
+    def __init__(self, default_system: Callable[[], str | None] = lambda: None) -> None:
+        self._chats: dict[str, Chat] = {}
+        self._lock = threading.RLock()
+        self._default_system = default_system
+
+    def get(self, name: str = "default", create: bool = True) -> Chat:
+        name = (name or "default").strip()
+        with self._lock:
+            if name not in self._chats:
+                if not create:
+                    known = ", ".join(sorted(self._chats)) or "none yet"
+                    raise LlamaError(f"There is no chat named {name!r}; chats: {known}.")
+                self._chats[name] = Chat(name, system=self._default_system())
+            return self._chats[name]
+
+    def __iter__(self):
+        with self._lock:
+            return iter(list(self._chats.values()))
+
+    def __len__(self) -> int:
+        return len(self._chats)
+
+
+def fit_to_context(messages: list[Message], count: Callable[[list[Message]], int], budget: int) -> tuple[list[Message], int]:
+    """Keep the system prompt and the newest turns that fit in `budget` tokens; return (messages, turns left out)."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    rest = messages[len(system):]
+    if count(system + rest) <= budget:
+        return messages, 0
+    # rest is [u, a, u, a, ..., u]: drop whole exchanges from the front.
+    dropped = 0
+    while len(rest) > 1:
+        rest = rest[2:]
+        dropped += 1
+        if count(system + rest) <= budget:
+            return system + rest, dropped
+    raise LlamaError(
+        f"The prompt alone is {count(system + rest)} tokens, more than the {budget} the context allows; "
+        "shorten it, or raise max_context (%config LlamaSettings.max_context)."
+    )
+
+
+def transcript(turns: Iterable[Turn], system: str | None, markdown: bool = True) -> str:
+    """A readable history of a chat."""
+    lines = []
+    if system:
+        lines.append(f"**System:** {system}" if markdown else f"System: {system}")
+    for turn in turns:
+        mark = "" if turn.status == "complete" else f" [{turn.status}]"
+        if markdown:
+            lines += [f"**You:** {turn.user}", f"**Llama{mark}:** {turn.assistant}"]
+        else:
+            lines += [f"You: {turn.user}", f"Llama{mark}: {turn.assistant}"]
+    return "\n\n".join(lines) if lines else "(empty)"

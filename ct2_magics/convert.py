@@ -1,0 +1,481 @@
+"""Convert a transformers checkpoint to CTranslate2, keeping Llama 3.1/3.2 RoPE scaling."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable
+
+from ct2_magics.errors import LlamaError
+
+if TYPE_CHECKING:
+    from ctranslate2.specs.model_spec import ModelSpec
+
+__all__ = [
+    "ConvertSummary",
+    "DOWNLOAD_PATTERNS",
+    "Llama3Rope",
+    "apply_llama3_rope",
+    "check_llama3_rope",
+    "convert",
+    "llama3_rope_from_config",
+    "read_rope_attributes",
+    "valid_quantizations",
+]
+
+# What a Hub download may fetch: safetensors weights, JSON configs, tokenizer files and
+# templates. Never pickled checkpoints (*.bin, *.pt, *.pth, *.pkl) and never *.py code.
+DOWNLOAD_PATTERNS: list[str] = [
+    "*.safetensors",
+    "*.json",
+    "*.model",
+    "*.jinja",
+    "merges.txt",
+]
+# Meta's raw checkpoint folder duplicates the weights in another format.
+DOWNLOAD_IGNORE: list[str] = ["original/*"]
+
+# Files copied beside model.bin so AutoTokenizer and chat templates work from the output.
+SIDE_FILES: tuple[str, ...] = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+# CTranslate2 writes these itself; a same-named source file must never replace them.
+CT2_FILES: frozenset[str] = frozenset({"model.bin", "config.json", "vocabulary.json", "vocabulary.txt"})
+
+TORCH_HINT = (
+    'converting needs torch, which is not installed: run `pip install torch` '
+    '(the CPU build is enough) or `pip install "ct2-magics[convert]"`'
+)
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ConvertSummary:
+    """What `convert` wrote."""
+
+    output: Path
+    size_bytes: int
+    quantization: str | None
+    llama3_rope: bool
+    model_type: str
+    source: str = ""
+
+    def describe(self) -> str:
+        """One line for the user: path, size, quantization, RoPE note."""
+        quant = self.quantization or "checkpoint dtype"
+        rope = ", Llama 3 RoPE scaling kept" if self.llama3_rope else ""
+        return f"{self.output} ({_human_size(self.size_bytes)}, {self.model_type}, {quant}{rope})"
+
+
+@dataclass(frozen=True)
+class Llama3Rope:
+    """The llama3 `rope_scaling` parameters of a transformers config."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+    rope_theta: float
+
+
+def valid_quantizations() -> tuple[str, ...]:
+    """The weight types CTranslate2 accepts for `quantization`."""
+    from ctranslate2.specs.model_spec import ACCEPTED_MODEL_TYPES
+
+    return tuple(ACCEPTED_MODEL_TYPES)
+
+
+def convert(
+    source: str,
+    output: str | Path,
+    *,
+    quantization: str | None = "int8_float16",
+    revision: str | None = None,
+    force: bool = False,
+    progress: Callable[[str], None] = print,
+) -> ConvertSummary:
+    """Convert a local transformers model dir or Hub repo id into a CTranslate2 model dir."""
+    if quantization is not None and quantization not in valid_quantizations():
+        raise LlamaError(
+            f"unknown quantization {quantization!r}; choose one of: {', '.join(valid_quantizations())}"
+        )
+    out = Path(output).expanduser()
+    local = _local_source(source)
+    if local is not None and revision:
+        raise LlamaError(f"--revision applies to a Hugging Face repo id, not to the local directory {source}")
+    _check_output(out, local, force)
+    _require_torch()
+
+    if local is None:
+        progress(f"Downloading {source}{f' @ {revision}' if revision else ''} (safetensors, configs, tokenizer) ...")
+        model_dir = _download(source, revision)
+    else:
+        progress(f"Reading {local} ...")
+        model_dir = local
+    _check_output(out, model_dir, force)
+
+    config = _load_config(model_dir)
+    model_type = str(getattr(config, "model_type", "") or "unknown")
+    _check_supported(config, model_type)
+    rope = llama3_rope_from_config(config)
+
+    quant = quantization or "the checkpoint's dtype"
+    extra = " with Llama 3 RoPE scaling" if rope else ""
+    progress(f"Converting {model_type} to CTranslate2 ({quant}){extra}; this loads the whole model into memory ...")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        built = staging / "model"
+        converter = _converter_class()(str(model_dir), rope)
+        try:
+            converter.convert(str(built), quantization=quantization)
+        except (ValueError, NotImplementedError) as exc:
+            raise LlamaError(f"CTranslate2 could not convert {source}: {_first_line(exc)}") from None
+        if rope is not None and not converter.llama3_applied:
+            raise LlamaError(f"{source} asks for llama3 RoPE scaling but its converted spec has no decoder layers to carry it")
+        progress(f"Writing {out} ...")
+        _copy_side_files(model_dir, built)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(built, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    summary = ConvertSummary(
+        output=out,
+        size_bytes=_dir_size(out),
+        quantization=quantization,
+        llama3_rope=rope is not None,
+        model_type=model_type,
+        source=source,
+    )
+    progress(f"Converted: {summary.describe()}")
+    return summary
+
+
+def llama3_rope_from_config(config: Any) -> Llama3Rope | None:
+    """The llama3 RoPE parameters of a transformers config, or None for other RoPE types."""
+    # transformers 5 names the dict rope_parameters; 4.x keeps rope_scaling plus top-level rope_theta.
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    if not isinstance(rope, dict):
+        return None
+    if (rope.get("rope_type") or rope.get("type")) != "llama3":
+        return None
+    try:
+        return Llama3Rope(
+            factor=float(rope["factor"]),
+            low_freq_factor=float(rope["low_freq_factor"]),
+            high_freq_factor=float(rope["high_freq_factor"]),
+            original_max_position_embeddings=int(rope["original_max_position_embeddings"]),
+            rope_theta=float(rope.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise LlamaError(f"config.json has llama3 rope_scaling without a usable {exc} entry") from None
+
+
+def apply_llama3_rope(spec: ModelSpec, rope: Llama3Rope) -> bool:
+    """Write llama3 RoPE scaling into every decoder self-attention of a spec; False if none."""
+    import numpy as np
+    from ctranslate2.specs.attention_spec import RotaryScalingType
+
+    layers = getattr(getattr(spec, "decoder", None), "layer", None) or []
+    values = {
+        "rotary_scaling_type": np.int8(RotaryScalingType.Llama3),
+        "rotary_scaling_factor": np.float32(rope.factor),
+        "rotary_low_freq_factor": np.float32(rope.low_freq_factor),
+        "rotary_high_freq_factor": np.float32(rope.high_freq_factor),
+        "original_max_position_embeddings": np.int32(rope.original_max_position_embeddings),
+        # The stock loader reads rope_theta from rope_scaling only, which transformers 4.x leaves out.
+        "rotary_base": np.float32(rope.rope_theta),
+    }
+    patched = 0
+    for layer in layers:
+        attention = getattr(layer, "self_attention", None)
+        if attention is None:
+            continue
+        for name, value in values.items():
+            # Specs refuse new attributes after __init__; these are ones the C++ side reads.
+            object.__setattr__(attention, name, value)
+        patched += 1
+    return patched > 0
+
+
+def _converter_class() -> type:
+    """A TransformersConverter subclass that adds llama3 RoPE scaling (built lazily: ctranslate2 imports)."""
+    from ctranslate2.converters import TransformersConverter
+
+    class _Llama3AwareConverter(TransformersConverter):
+        """Stock converter plus the llama3 RoPE fields its Llama loader leaves unset."""
+
+        def __init__(self, model_dir: str, rope: Llama3Rope | None) -> None:
+            super().__init__(model_dir, trust_remote_code=False)
+            self._rope = rope
+            self.llama3_applied = False
+
+        def _load(self) -> ModelSpec:
+            spec = super()._load()
+            if spec is not None and self._rope is not None:
+                self.llama3_applied = apply_llama3_rope(spec, self._rope)
+            return spec
+
+    return _Llama3AwareConverter
+
+
+def _local_source(source: str) -> Path | None:
+    """The local model directory `source` names, None for a Hub repo id; LlamaError if neither."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise LlamaError(f"{source} is a file; give a transformers model directory or a Hugging Face repo id")
+        if not (path / "config.json").is_file():
+            raise LlamaError(f"{source} is not a transformers model directory (no config.json in it)")
+        return path.resolve()
+    if _REPO_ID.match(source) and not source.startswith((".", "~")):
+        return None
+    raise LlamaError(f"{source} does not exist and is not a Hugging Face repo id like meta-llama/Llama-3.2-1B-Instruct")
+
+
+def _check_output(out: Path, source_dir: Path | None, force: bool) -> None:
+    """Refuse an output that is a file, non-empty without force, or would swallow the source."""
+    if out.exists() and not out.is_dir():
+        raise LlamaError(f"output {out} is a file; give a directory path")
+    if source_dir is not None:
+        src, dst = source_dir.resolve(), out.resolve()
+        if src == dst or dst in src.parents:
+            raise LlamaError(f"output {out} would replace the source model; choose another directory")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise LlamaError(f"output {out} exists and is not empty; choose another directory or pass --force to replace it")
+
+
+def _require_torch() -> None:
+    """Raise LlamaError with the install command when torch is missing."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise LlamaError(TORCH_HINT) from None
+
+
+def _download(repo: str, revision: str | None) -> Path:
+    """Fetch the safetensors, configs and tokenizer of a Hub repo; return the snapshot dir."""
+    import huggingface_hub
+
+    try:
+        path = huggingface_hub.snapshot_download(
+            repo,
+            revision=revision,
+            allow_patterns=list(DOWNLOAD_PATTERNS),
+            ignore_patterns=list(DOWNLOAD_IGNORE),
+        )
+    except Exception as exc:  # the Hub client raises many types; each means "could not fetch"
+        raise LlamaError(_download_error(repo, revision, exc)) from None
+    model_dir = Path(path)
+    if not (model_dir / "config.json").is_file():
+        raise LlamaError(f"{repo} has no config.json; it is not a transformers model repo")
+    if not any(model_dir.glob("*.safetensors")):
+        raise LlamaError(f"{repo} has no .safetensors weights; ct2-magics does not download pickled (.bin) checkpoints")
+    return model_dir
+
+
+def _download_error(repo: str, revision: str | None, exc: Exception) -> str:
+    """One line explaining a failed Hub download."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "GatedRepoError" in names:
+        return f"{repo} is gated: accept its license on https://huggingface.co/{repo} and log in with `hf auth login`"
+    if "RevisionNotFoundError" in names:
+        return f"revision {revision!r} does not exist in {repo}"
+    if "RepositoryNotFoundError" in names:
+        return f"{repo} is neither a local directory nor a Hub repo you can access (private repos need `hf auth login`)"
+    if "HFValidationError" in names:
+        return f"{repo} is neither a local directory nor a valid Hugging Face repo id"
+    return f"could not download {repo} from the Hugging Face Hub: {_first_line(exc)}"
+
+
+def _load_config(model_dir: Path) -> Any:
+    """The transformers config of `model_dir`, without running repository code."""
+    import transformers
+
+    try:
+        return transformers.AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
+    except Exception as exc:  # unknown model_type, custom code, malformed JSON all surface differently
+        raise LlamaError(f"{model_dir} is not a model transformers can read: {_first_line(exc)}") from None
+
+
+def _check_supported(config: Any, model_type: str) -> None:
+    """Fail early when CTranslate2 has no loader for this config class."""
+    try:
+        from ctranslate2.converters.transformers import _MODEL_LOADERS
+    except ImportError:  # private table; without it the converter reports the problem itself
+        return
+    if type(config).__name__ not in _MODEL_LOADERS:
+        raise LlamaError(f"CTranslate2 cannot convert {model_type} models ({type(config).__name__})")
+
+
+def _copy_side_files(model_dir: Path, dest: Path) -> list[str]:
+    """Copy tokenizer, chat template and generation config files beside model.bin."""
+    names = list(SIDE_FILES) + sorted(p.name for p in model_dir.glob("*.model"))
+    copied: list[str] = []
+    for name in dict.fromkeys(names):
+        src = model_dir / name
+        if name in CT2_FILES or not src.is_file() or (dest / name).exists():
+            continue
+        shutil.copyfile(src, dest / name)
+        copied.append(name)
+    return copied
+
+
+def _dir_size(path: Path) -> int:
+    """Total bytes of the files under `path`."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _human_size(size: int) -> str:
+    """Bytes as a short human string."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception message."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+# ---------------------------------------------------------------------------
+# Cheap check of an already converted model
+
+
+LLAMA3_CONTEXT = 131072
+_LLAMA3_BOS = "<|begin_of_text|>"
+_SCALAR_NAMES = ("rotary_scaling_type", "rotary_scaling_factor", "original_max_position_embeddings")
+_SCALAR_FORMATS = {0: "<f", 1: "<b", 2: "<h", 3: "<i", 4: "<e"}
+
+
+def check_llama3_rope(model_dir: str | Path) -> str | None:
+    """A one-line warning when a converted model looks like Llama 3.1/3.2 without llama3 RoPE scaling."""
+    model_dir = Path(model_dir).expanduser()
+    rope = read_rope_attributes(model_dir / "model.bin")
+    if rope is None:
+        return None
+    scaling_types = {attrs.get("rotary_scaling_type") for attrs in rope.values()}
+    if scaling_types & {2}:
+        # CTranslate2's stock Llama loader marks llama3 but omits the factor and original
+        # context, whose C++ defaults (1 and 0) turn the scaling into plain RoPE.
+        broken = any(
+            attrs.get("rotary_scaling_type") == 2
+            and (not attrs.get("rotary_scaling_factor") or not attrs.get("original_max_position_embeddings"))
+            for attrs in rope.values()
+        )
+        reason = "was converted with an incomplete llama3 RoPE scaling (CTranslate2's stock converter leaves out its factor)"
+        return _rope_warning(model_dir, reason) if broken else None
+    if scaling_types - {None}:
+        return None
+    if _looks_like_llama31(model_dir):
+        reason = "looks like Llama 3.1/3.2 (Llama 3 tokens, 131072-token context) but was converted without llama3 RoPE scaling"
+        return _rope_warning(model_dir, reason)
+    return None
+
+
+def read_rope_attributes(model_bin: Path) -> dict[str, dict[str, float | int]] | None:
+    """Per decoder layer, the RoPE scalars of a CTranslate2 model.bin; None if unreadable."""
+    try:
+        with open(model_bin, "rb") as fh:
+            return _scan_model_bin(fh, os.fstat(fh.fileno()).st_size)
+    except (OSError, ValueError, struct.error, UnicodeDecodeError):
+        return None
+
+
+def _scan_model_bin(fh: BinaryIO, size: int) -> dict[str, dict[str, float | int]] | None:
+    """Walk the variable index of model.bin, seeking over tensor data."""
+    def take(fmt: str) -> Any:
+        raw = fh.read(struct.calcsize(fmt))
+        return struct.unpack(fmt, raw)[0]
+
+    def text() -> str:
+        length = take("<H")
+        return fh.read(length)[:-1].decode("utf-8")
+
+    version = take("<I")
+    # Layout checked against ctranslate2's ModelSpec._serialize (binary version 6); 4 and 5 share it.
+    if not 4 <= version <= 6:
+        return None
+    text()  # spec name
+    take("<I")  # spec revision
+    count = take("<I")
+    layers: dict[str, dict[str, float | int]] = {}
+    for _ in range(count):
+        name = text()
+        rank = take("<B")
+        fh.seek(4 * rank, os.SEEK_CUR)
+        type_id = take("<B")
+        num_bytes = take("<I")
+        scope, _, attr = name.rpartition("/")
+        fmt = _SCALAR_FORMATS.get(type_id)
+        if rank == 0 and attr in _SCALAR_NAMES and fmt is not None and num_bytes == struct.calcsize(fmt):
+            value = struct.unpack(fmt, fh.read(num_bytes))[0]
+            layers.setdefault(scope, {})[attr] = value
+        else:
+            if fh.tell() + num_bytes > size:
+                raise ValueError("truncated model.bin")
+            fh.seek(num_bytes, os.SEEK_CUR)
+        if scope.endswith("/self_attention") and "/layer_" in scope:
+            layers.setdefault(scope, {})
+    return layers
+
+
+def _looks_like_llama31(model_dir: Path) -> bool:
+    """Llama 3 vocabulary plus a 131072-token context in the tokenizer config."""
+    config = _read_json(model_dir / "config.json")
+    tokenizer_config = _read_json(model_dir / "tokenizer_config.json")
+    llama3_vocab = config.get("bos_token") == _LLAMA3_BOS or tokenizer_config.get("bos_token") == _LLAMA3_BOS
+    return llama3_vocab and tokenizer_config.get("model_max_length") == LLAMA3_CONTEXT
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`, or {} when missing or malformed."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _base_model(model_dir: Path) -> str | None:
+    """The `base_model:` a Hub README front matter names, if any."""
+    try:
+        head = (model_dir / "README.md").read_text(encoding="utf-8")[:4000]
+    except OSError:
+        return None
+    match = re.search(r"^base_model:\s*(?:\n\s*-\s*)?['\"]?([\w.-]+/[\w.-]+)", head, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def _rope_warning(model_dir: Path, reason: str) -> str:
+    """The one-line warning with the command that fixes it."""
+    source = _base_model(model_dir) or "<original-repo-or-dir>"
+    return (
+        f"{model_dir} {reason}, so its output drifts from the original model (most on long prompts); "
+        f"reconvert it: %llama convert {source} <out> --quantization int8_float16"
+    )

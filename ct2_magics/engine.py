@@ -1,0 +1,256 @@
+"""The kernel's one CTranslate2 Generator and tokenizer: loading, device and compute type, token streaming, stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import LlamaError
+from .modelfile import read_json, saved_compute_type
+from .quiet import quiet_libraries
+from .settings import Sampling
+
+# On a device that lacks the saved type, the nearest one it has (CPU: int8_float16 -> int8).
+_NEAREST = {
+    "cpu": {"int8_float16": "int8", "int8_bfloat16": "int8", "float16": "float32", "bfloat16": "float32"},
+    "cuda": {"int8": "int8_float16", "int8_float32": "int8_float16", "int8_bfloat16": "int8_float16",
+             "bfloat16": "float16", "int16": "float16"},
+}
+_END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<end_of_turn>")
+
+
+@dataclass
+class Stats:
+    """What one generation did, filled in while it streams."""
+
+    prompt_tokens: int = 0
+    reply_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    first_token_s: float | None = None
+    elapsed_s: float = 0.0
+    finish: str = "running"  # stop | length | interrupted
+
+    @property
+    def tokens_per_s(self) -> float:
+        decode = self.elapsed_s - (self.first_token_s or 0.0)
+        return (self.reply_tokens - 1) / decode if self.reply_tokens > 1 and decode > 0 else 0.0
+
+
+def choose_device(device: str) -> str:
+    """Resolve auto|cpu|cuda to a device CTranslate2 has here."""
+    import ctranslate2
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise LlamaError(f"Unknown device {device!r}; use auto, cpu or cuda.")
+    gpus = ctranslate2.get_cuda_device_count()
+    if device == "cuda" and gpus == 0:
+        raise LlamaError("--device cuda was asked for but no CUDA GPU is visible here; use --device cpu (or auto).")
+    return "cuda" if device == "auto" and gpus > 0 else ("cpu" if device == "auto" else device)
+
+
+def choose_compute_type(requested: str, device: str, saved: str | None) -> tuple[str, str | None]:
+    """Return (compute type, a one-line notice or None)."""
+    import ctranslate2
+
+    supported = sorted(ctranslate2.get_supported_compute_types(device))
+    requested = (requested or "auto").strip().lower()
+    if requested in ("auto", "default"):
+        if saved is None or saved in supported:
+            return (saved or "default"), None
+        nearest = _NEAREST.get(device, {}).get(saved, "default")
+        if nearest not in supported:
+            nearest = "default"
+        return nearest, f"The model is stored as {saved}, which the {device} here cannot run; using {nearest}."
+    if requested not in supported:
+        raise LlamaError(f"Compute type {requested!r} is not supported on {device} here; use one of: {', '.join(supported)} (or auto).")
+    return requested, None
+
+
+class IncrementalDecoder:
+    """Turns token ids into text deltas without splitting multi-byte characters."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._tokenizer = tokenizer
+        self._backend = backend
+        if backend is not None:
+            from tokenizers.decoders import DecodeStream
+
+            self._stream = DecodeStream(skip_special_tokens=True)
+        self._ids: list[int] = []
+        self._emitted = ""
+
+    def step(self, token_id: int) -> str:
+        if self._backend is not None:
+            return self._stream.step(self._backend, token_id) or ""
+        # Slow tokenizers: decode the whole reply and hold back an unfinished character.
+        self._ids.append(token_id)
+        text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""
+        delta, self._emitted = text[len(self._emitted):], text
+        return delta
+
+
+class Engine:
+    """One loaded model: a ctranslate2.Generator, its tokenizer, end tokens and generation defaults."""
+
+    def __init__(self, model_dir: Path, *, name: str, device: str = "auto", compute_type: str = "auto", threads: int = 0,
+                 make_room: Callable[[], None] = lambda: None) -> None:
+        """Check everything cheap first, then call make_room() (free the old model), then load the weights."""
+        import ctranslate2
+
+        self.name = name
+        self.requested = (device, compute_type)
+        self.model_dir = Path(model_dir)
+        self.device = choose_device(device)
+        self.saved_type = saved_compute_type(self.model_dir)
+        chosen, notice = choose_compute_type(compute_type, self.device, self.saved_type)
+        self.notices: list[str] = [notice] if notice else []
+        self.tokenizer = load_tokenizer(self.model_dir)
+        make_room()
+        try:
+            self.generator = ctranslate2.Generator(
+                str(self.model_dir), device=self.device, compute_type=chosen, intra_threads=threads
+            )
+        except (RuntimeError, ValueError, OSError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise LlamaError(f"Could not load {self.model_dir}/model.bin ({first}); download or convert it again.") from None
+        self.compute_type = self.generator.compute_type
+        self.lock = threading.Lock()
+        gen_config = read_json(self.model_dir / "generation_config.json")
+        self.end_tokens = self._end_tokens(gen_config)
+        self.defaults = _generation_defaults(gen_config)
+        self.context_length = self._context_length()
+
+    def _end_tokens(self, gen_config: dict) -> list[str]:
+        ids = gen_config.get("eos_token_id")
+        ids = ids if isinstance(ids, list) else [ids]
+        ids.append(self.tokenizer.eos_token_id)
+        vocab = self.tokenizer.get_vocab()
+        tokens = {t for t in self.tokenizer.convert_ids_to_tokens([i for i in ids if isinstance(i, int)])}
+        tokens |= {t for t in _END_OF_TURN if t in vocab}
+        return sorted(t for t in tokens if t)
+
+    def _context_length(self) -> int:
+        limit = getattr(self.tokenizer, "model_max_length", 0) or 0
+        return int(limit) if 0 < limit < 10**7 else 8192
+
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of the chat template applied to `messages`, ready for the assistant's turn."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise LlamaError(f"{self.name} has no chat template (tokenizer_config.json or chat_template.jinja); it is not a chat model.")
+        with quiet_libraries():
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        return len(self.prompt_ids(messages))
+
+    def stream(self, prompt_ids: list[int], sampling: Sampling, stats: Stats, stop: threading.Event) -> Iterator[str]:
+        """Yield text pieces of the reply; setting `stop` (or closing this iterator) ends decoding within a step."""
+        import ctranslate2
+
+        stats.prompt_tokens = len(prompt_ids)
+        stats.started = time.perf_counter()
+        decoder = IncrementalDecoder(self.tokenizer)
+        tokens = self.tokenizer.convert_ids_to_tokens(prompt_ids)
+        if sampling.seed is not None:
+            # CTranslate2 seeds each worker thread once, at its first sample (OpenNMT/CTranslate2#1757),
+            # so this makes sampling reproducible only on a freshly loaded model.
+            ctranslate2.set_random_seed(sampling.seed)
+        # The callback is what really stops the decoder: a KeyboardInterrupt raised while this
+        # thread waits inside the iterator would otherwise leave decoding running in the background.
+        steps = self.generator.generate_tokens(
+            tokens, end_token=self.end_tokens, callback=lambda _step: stop.is_set(), **sampling.to_ct2()
+        )
+        try:
+            for step in steps:
+                if step.token in self.end_tokens:
+                    stats.finish = "stop"
+                    break
+                stats.reply_tokens += 1
+                now = time.perf_counter() - stats.started
+                if stats.first_token_s is None:
+                    stats.first_token_s = now
+                stats.elapsed_s = now
+                piece = decoder.step(step.token_id)
+                if piece:
+                    yield piece
+            else:
+                stats.finish = "interrupted" if stop.is_set() else "length"
+        except BaseException:
+            stats.finish = "interrupted"
+            raise
+        finally:
+            stop.set()
+            steps.close()
+            stats.elapsed_s = time.perf_counter() - stats.started
+            self.wait_idle()
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until the decoder has really finished its last step (the next request must not queue behind it)."""
+        deadline = time.perf_counter() + timeout
+        g = self.generator
+        while g is not None and (g.num_active_batches or g.num_queued_batches):
+            if time.perf_counter() > deadline:
+                return False
+            time.sleep(0.0005)
+        return True
+
+    def generate_batch(self, prompts: list[list[int]], sampling: Sampling, batch_size: int = 16) -> list[list[int]]:
+        """Reply token ids for many independent prompts, in input order."""
+        import ctranslate2
+
+        if sampling.seed is not None:
+            ctranslate2.set_random_seed(sampling.seed)
+        kwargs = sampling.to_ct2()
+        results = self.generator.generate_batch(
+            [self.tokenizer.convert_ids_to_tokens(p) for p in prompts],
+            max_batch_size=batch_size,
+            end_token=self.end_tokens,
+            include_prompt_in_result=False,
+            **kwargs,
+        )
+        end_ids = set(self.tokenizer.convert_tokens_to_ids(self.end_tokens))
+        return [[i for i in r.sequences_ids[0] if i not in end_ids] for r in results]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def close(self) -> None:
+        """Free the model's memory."""
+        self.wait_idle()
+        generator, self.generator = self.generator, None
+        if generator is not None:
+            generator.unload_model()
+        del generator
+
+
+def _generation_defaults(gen_config: dict) -> dict[str, Any]:
+    """Sampling defaults from generation_config.json, in our option names."""
+    out: dict[str, Any] = {}
+    if gen_config.get("do_sample") is False:
+        out["temperature"] = 0.0
+    elif "temperature" in gen_config:
+        out["temperature"] = gen_config["temperature"]
+    for ours, theirs in (("top_k", "top_k"), ("top_p", "top_p"), ("repetition_penalty", "repetition_penalty"),
+                         ("max_tokens", "max_new_tokens")):
+        if gen_config.get(theirs) is not None:
+            out[ours] = gen_config[theirs]
+    return out
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    """The model's own tokenizer and chat template, through transformers, quietly."""
+    with quiet_libraries():
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        except Exception as e:  # transformers raises many types for broken tokenizer files
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise LlamaError(f"Could not load the tokenizer in {model_dir} ({first}); copy the original model's tokenizer files there.") from None

@@ -1,0 +1,304 @@
+"""The kernel-wide session: one engine, all chats; the magic, the panel and `llama` all reach it here."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from .conversation import Chat, Chats, Turn, fit_to_context, transcript
+from .errors import LlamaError
+from .settings import LlamaSettings, Sampling, resolve_sampling
+
+
+@dataclass
+class Request:
+    """One prompt to answer: what to ask, in which chat, with which settings."""
+
+    prompt: str
+    chat: str = "default"
+    system: str | None = None
+    new: bool = False
+    once: bool = False
+    cell_id: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Response:
+    """A reply being streamed; iterate it for text pieces. The turn is recorded when the stream ends."""
+
+    def __init__(self, session: Session, request: Request) -> None:
+        from .engine import Stats
+
+        self.session = session
+        self.request = request
+        self.text = ""
+        self.stats = Stats()
+        self.status = "pending"  # pending | streaming | complete | interrupted | stopped
+        self.notices: list[str] = []
+        self._stop = threading.Event()
+        self._pieces: Iterator[str] | None = None
+        self._prepare()
+
+    def _prepare(self) -> None:
+        req, session = self.request, self.session
+        if not req.prompt.strip():
+            raise LlamaError("The prompt is empty; write something after the %%llama line.")
+        resolve_sampling(req.options, session.settings, {})  # a bad option fails before any model loads
+        self.engine = session.ensure_engine()
+        self.sampling: Sampling = resolve_sampling(req.options, session.settings, self.engine.defaults)
+        self.chat: Chat | None = None if req.once else session.chats.get(req.chat)
+        if self.chat is not None:
+            if req.new:
+                self.chat.reset()
+            if req.system is not None:
+                self.chat.set_system(req.system)
+            self.replace_at = self.chat.index_of_cell(req.cell_id)
+            history = self.chat.messages(before=self.replace_at)
+        else:
+            system = req.system if req.system is not None else session.settings.system
+            history = [{"role": "system", "content": system}] if system else []
+        messages = history + [{"role": "user", "content": req.prompt}]
+        budget = min(session.settings.max_context, self.engine.context_length) - self.sampling.max_tokens
+        if budget <= 0:
+            raise LlamaError(
+                f"max_tokens ({self.sampling.max_tokens}) leaves no room for the prompt in a "
+                f"{min(session.settings.max_context, self.engine.context_length)}-token context; lower -n."
+            )
+        messages, dropped = fit_to_context(messages, self.engine.count_tokens, budget)
+        if dropped:
+            self.notices.append(f"Left the {dropped} oldest exchange(s) of chat {req.chat!r} out of the prompt to fit {budget} tokens.")
+        self.prompt_ids = self.engine.prompt_ids(messages)
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        e = self.engine
+        return {"model": e.name, "device": e.device, "compute_type": e.compute_type}
+
+    def metadata(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            **self.model_info,
+            "chat": None if self.request.once else self.request.chat,
+            "settings": self.sampling.as_dict(),
+            "prompt_tokens": s.prompt_tokens,
+            "reply_tokens": s.reply_tokens,
+            "time_to_first_token_s": None if s.first_token_s is None else round(s.first_token_s, 4),
+            "tokens_per_s": round(s.tokens_per_s, 2),
+            "status": self.status,
+        }
+
+    def __iter__(self) -> Iterator[str]:
+        if self._pieces is None:
+            self._pieces = self._run()
+        return self._pieces
+
+    def _run(self) -> Iterator[str]:
+        engine = self.engine
+        waited = False
+        while not engine.lock.acquire(timeout=0.05):
+            if not waited:
+                waited = True
+                self.session.notify_waiting(True)
+            if self._stop.is_set():
+                self._finish("stopped")
+                return
+        if waited:
+            self.session.notify_waiting(False)
+        self.status = "streaming"
+        try:
+            for piece in engine.stream(self.prompt_ids, self.sampling, self.stats, self._stop):
+                self.text += piece
+                yield piece
+            self._finish("complete" if self.stats.finish in ("stop", "length") else "stopped")
+        except GeneratorExit:
+            self._finish("stopped")
+            raise
+        except BaseException:
+            self._finish("interrupted")
+            raise
+        finally:
+            engine.lock.release()
+
+    def stop(self) -> None:
+        """Stop decoding within a step; the partial reply is kept, marked stopped."""
+        self._stop.set()
+
+    def interrupt(self) -> None:
+        """Close the stream after a KeyboardInterrupt; the partial reply is kept, marked interrupted."""
+        self._stop.set()
+        if self.status in ("pending", "streaming"):
+            self._finish("interrupted")
+
+    def _finish(self, status: str) -> None:
+        if self.status in ("complete", "interrupted", "stopped"):
+            return
+        self.status = status
+        if self.chat is not None:
+            turn = Turn(self.request.prompt, self.text, status=status, cell_id=self.request.cell_id)
+            self.chat.record(turn, at=self.replace_at)
+
+    def consume(self) -> str:
+        for _ in self:
+            pass
+        return self.text
+
+
+class Session:
+    """One model and all chats of this kernel."""
+
+    def __init__(self, settings: LlamaSettings | None = None) -> None:
+        self.settings = settings or LlamaSettings()
+        self.engine = None
+        self.chats = Chats(default_system=lambda: self.settings.system)
+        self._load_lock = threading.RLock()
+        self._waiting_listeners: list[Callable[[bool], None]] = []
+        self.notify: Callable[[str], None] = lambda line: None  # one-line notices; the magics set a printer
+
+    # -- model --------------------------------------------------------------------------------
+    def load(self, model: str | None = None, *, device: str | None = None, compute_type: str | None = None,
+             revision: str | None = None) -> Any:
+        """Load a model (a directory, a Hub repo id, or 'demo'); a no-op if it is already loaded."""
+        from . import hub
+        from .engine import Engine
+
+        model = model or self.settings.model
+        device = device or self.settings.device
+        compute_type = compute_type or self.settings.compute_type
+        with self._load_lock:
+            old = self.engine
+            if old is not None and (old.name, old.requested, old.revision) == (model, (device, compute_type), revision):
+                return old
+            path = hub.resolve(model, revision=revision)
+            room = _Room(old)
+            try:
+                engine = Engine(path, name=model, device=device, compute_type=compute_type,
+                                threads=self.settings.threads, make_room=room.make)
+            except BaseException:
+                room.restore()  # a model that fails to load never costs the one that was loaded
+                raise
+            engine.revision = revision
+            self.engine = engine
+            if old is not None:
+                with old.lock:
+                    old.close()
+        for line in engine.notices:
+            self.notify(line)
+        if model == "demo":
+            self.notify("Loaded the offline demo model: its weights are random, so its text is gibberish. Use it to try the tools.")
+        return engine
+
+    def unload(self) -> bool:
+        with self._load_lock:
+            engine, self.engine = self.engine, None
+        if engine is None:
+            return False
+        with engine.lock:  # let a running reply finish its step first
+            engine.close()
+        return True
+
+    def ensure_engine(self) -> Any:
+        return self.engine if self.engine is not None else self.load()
+
+    @property
+    def generator(self) -> Any:
+        return None if self.engine is None else self.engine.generator
+
+    @property
+    def tokenizer(self) -> Any:
+        return None if self.engine is None else self.engine.tokenizer
+
+    # -- asking -------------------------------------------------------------------------------
+    def respond(self, request: Request) -> Response:
+        return Response(self, request)
+
+    def stream(self, prompt: str, chat: str = "default", *, system: str | None = None, new: bool = False,
+               once: bool = False, **settings: Any) -> Response:
+        """Ask and iterate the reply's text pieces as they are generated."""
+        return self.respond(Request(prompt, chat=chat, system=system, new=new, once=once, options=settings))
+
+    def ask(self, prompt: str, chat: str = "default", **kwargs: Any) -> str:
+        """Ask and return the whole reply."""
+        return self.stream(prompt, chat, **kwargs).consume()
+
+    # -- chats --------------------------------------------------------------------------------
+    def chat(self, name: str = "default", create: bool = True) -> Chat:
+        return self.chats.get(name, create=create)
+
+    def history(self, chat: str = "default") -> list[dict[str, str]]:
+        """The chat as {'role', 'content'} messages, ready for a chat template."""
+        return self.chats.get(chat, create=False).messages()
+
+    def transcript(self, chat: str = "default", markdown: bool = True) -> str:
+        c = self.chats.get(chat, create=False)
+        return transcript(c.turns, c.system, markdown)
+
+    def reset(self, chat: str = "default") -> None:
+        self.chats.get(chat).reset()
+
+    def undo(self, chat: str = "default") -> Turn:
+        return self.chats.get(chat, create=False).undo()
+
+    # -- waiting state ------------------------------------------------------------------------
+    def on_waiting(self, fn: Callable[[bool], None]) -> Callable[[], None]:
+        self._waiting_listeners.append(fn)
+        return lambda: self._waiting_listeners.remove(fn) if fn in self._waiting_listeners else None
+
+    def notify_waiting(self, waiting: bool) -> None:
+        for fn in list(self._waiting_listeners):
+            fn(waiting)
+
+    def status(self) -> dict[str, Any]:
+        e = self.engine
+        return {
+            "model": None if e is None else e.name,
+            "path": None if e is None else str(e.model_dir),
+            "device": None if e is None else e.device,
+            "compute_type": None if e is None else e.compute_type,
+            "context_length": None if e is None else min(e.context_length, self.settings.max_context),
+            "chats": {c.name: len(c.turns) for c in self.chats},
+        }
+
+    def __repr__(self) -> str:
+        e = self.engine
+        return f"<ct2_magics session: {'no model' if e is None else e.name + ' on ' + e.device}, {len(self.chats)} chat(s)>"
+
+
+class _Room:
+    """Frees the loaded model's memory for a new one, and can bring it back if the new one fails."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine, self.freed = engine, False
+
+    def make(self) -> None:
+        if self.engine is not None and self.engine.generator is not None:
+            with self.engine.lock:
+                self.engine.generator.unload_model()
+            self.freed = True
+
+    def restore(self) -> None:
+        if self.freed:
+            self.engine.generator.load_model()
+
+
+_session: Session | None = None
+_session_lock = threading.Lock()
+
+
+def get_session() -> Session:
+    """The one session of this process (kernel)."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = Session()
+        return _session
+
+
+def drop_session() -> None:
+    """Free the model and forget the session (used by %unload_ext)."""
+    global _session
+    with _session_lock:
+        session, _session = _session, None
+    if session is not None:
+        session.unload()

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny real models built like the demo, and a real IPython shell with the extension."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Keep the demo model the tests build out of the user's cache, unless CI chose one."""
+    if "CT2_MAGICS_CACHE" not in os.environ:
+        os.environ["CT2_MAGICS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    return Path(os.environ["CT2_MAGICS_CACHE"])
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    from ct2_magics.demo import ensure_demo
+
+    return ensure_demo()
+
+
+@pytest.fixture(scope="session")
+def long_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo-like model that never ends a reply by itself (for stop and interrupt tests)."""
+    from ct2_magics.demo import build_model
+
+    return build_model(tmp_path_factory.mktemp("long") / "model", eot_bias=-1e4)
+
+
+@pytest.fixture(scope="session")
+def script_model(tmp_path_factory: pytest.TempPathFactory):
+    """Build (once per text) a model whose greedy reply is exactly `text`."""
+    from ct2_magics.demo import build_model
+
+    built: dict[str, Path] = {}
+
+    def make(text: str) -> Path:
+        if text not in built:
+            built[text] = build_model(tmp_path_factory.mktemp("script") / "model", script=text)
+        return built[text]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ipython():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    return InteractiveShell.instance()
+
+
+@pytest.fixture
+def shell(ipython, demo_model):
+    """A real InteractiveShell with ct2_magics loaded on a fresh session, recording what it displays."""
+    from IPython.core.displaypub import CapturingDisplayPublisher
+
+    from ct2_magics import session
+
+    session.drop_session()
+    old_pub = ipython.display_pub
+    ipython.display_pub = CapturingDisplayPublisher()
+    ipython.run_line_magic("load_ext", "ct2_magics")
+    try:
+        yield ipython
+    finally:
+        ipython.run_line_magic("unload_ext", "ct2_magics")
+        ipython.display_pub = old_pub
+        session.drop_session()
+
+
+@pytest.fixture
+def llama(shell):
+    from ct2_magics import llama
+
+    return llama

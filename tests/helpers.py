@@ -1,0 +1,39 @@
+"""Small helpers for driving a real shell in tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def run(shell: Any, source: str, cell_id: str | None = None) -> Any:
+    """Run a cell the way a front end does, with an optional cell id."""
+    return shell.run_cell(source, store_history=True, cell_id=cell_id)
+
+
+def published(shell: Any) -> list[dict]:
+    return list(shell.display_pub.outputs)
+
+
+def markdowns(shell: Any) -> list[str]:
+    """The text/markdown of every display and display update, in order."""
+    return [o["data"]["text/markdown"] for o in shell.display_pub.outputs if "text/markdown" in o["data"]]
+
+
+def reply_outputs(shell: Any) -> list[dict]:
+    """Outputs that belong to the streamed reply (they all carry a display id)."""
+    return [o for o in shell.display_pub.outputs if (o.get("transient") or {}).get("display_id")]
+
+
+def reference_greedy(model_dir: Any, messages: list[dict], max_tokens: int) -> str:
+    """What a bare greedy generate_batch writes for `messages`, with the model's end tokens."""
+    import ctranslate2
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = tok.encode(text, add_special_tokens=False)
+    gen = ctranslate2.Generator(str(model_dir), device="cpu", compute_type="int8")
+    end = [t for t in ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>") if t in tok.get_vocab()]
+    res = gen.generate_batch([tok.convert_ids_to_tokens(ids)], max_length=max_tokens, sampling_topk=1,
+                             end_token=end, include_prompt_in_result=False)
+    return tok.decode(res[0].sequences_ids[0], skip_special_tokens=True)

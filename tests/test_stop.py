@@ -1,0 +1,60 @@
+"""A kernel interrupt or a stop really ends decoding, and keeps the partial reply."""
+
+from __future__ import annotations
+
+import _thread
+import threading
+import time
+
+from helpers import reply_outputs, run
+
+
+def _wait_idle(generator, timeout: float = 2.0) -> bool:
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if generator.num_active_batches == 0 and generator.num_queued_batches == 0:
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_interrupt_stops_decoding_and_keeps_the_partial_reply(shell, long_model):
+    from ct2_magics import llama
+
+    shell.run_line_magic("llama", f"load {long_model}")
+    fired = threading.Event()
+
+    def interrupt_when_streaming() -> None:
+        while not llama.engine.lock.locked() or len(reply_outputs(shell)) < 1:
+            time.sleep(0.005)
+        time.sleep(0.3)
+        fired.set()
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_when_streaming, daemon=True).start()
+    result = run(shell, "%%llama -n 3000\nWrite forever.")
+    assert fired.is_set() and isinstance(result.error_in_exec, KeyboardInterrupt)
+    assert _wait_idle(llama.generator, 1.0), "decoding went on after the interrupt"
+    last = llama.chat().turns[-1]
+    assert last.status == "interrupted" and 0 < len(last.assistant)
+    final = reply_outputs(shell)[-1]
+    assert final["data"]["text/markdown"].endswith("*interrupted*")
+    assert final["metadata"]["ct2_magics"]["status"] == "interrupted"
+    assert final["metadata"]["ct2_magics"]["reply_tokens"] < 3000
+    assert run(shell, "%%llama -n 5\nnext").success
+    assert llama.chat().turns[-1].status == "complete"
+
+
+def test_closing_a_python_stream_stops_decoding(llama, long_model):
+    llama.load(str(long_model))
+    response = llama.stream("go on", max_tokens=3000)
+    pieces = []
+    for piece in response:
+        pieces.append(piece)
+        if len(pieces) == 10:
+            break
+    response.stop()
+    response._pieces.close()
+    assert _wait_idle(llama.generator)
+    assert llama.chat().turns[-1].status == "stopped"
+    assert llama.chat().turns[-1].assistant == "".join(pieces)
