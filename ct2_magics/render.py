@@ -59,6 +59,9 @@ class MarkdownStream:
         self.handle = display(self._bundle(placeholder), raw=True, display_id=True)
         self._last = time.perf_counter()
 
+    def waiting(self, waiting: bool) -> None:
+        self.handle.update(self._bundle("*waiting for the model…*" if waiting else "…"), raw=True)
+
     def update(self, text: str) -> None:
         now = time.perf_counter()
         if now - self._last >= self.interval:
@@ -82,6 +85,10 @@ class TextStream:
     def start(self, placeholder: str = "") -> None:
         pass
 
+    def waiting(self, waiting: bool) -> None:
+        if waiting:
+            self.out.write("(waiting for the model…)\n")
+
     def update(self, text: str) -> None:
         self.out.write(text[self._shown:])
         self.out.flush()
@@ -98,6 +105,7 @@ def show(response: Any, shell: Any, *, mode: str = "auto", rate: float = 15.0) -
     """Stream `response` into the current cell; a KeyboardInterrupt keeps the partial reply, then propagates."""
     view = MarkdownStream(rate) if wants_markdown(shell, mode) else TextStream()
     view.start()
+    response.on_waiting = view.waiting
     try:
         for _ in response:
             view.update(response.text)

@@ -39,6 +39,7 @@ class Response:
         self.notices: list[str] = []
         self._stop = threading.Event()
         self._pieces: Iterator[str] | None = None
+        self.on_waiting: Callable[[bool], None] = lambda waiting: None  # told when another request holds the model
         self._prepare()
 
     def _prepare(self) -> None:
@@ -100,12 +101,12 @@ class Response:
         while not engine.lock.acquire(timeout=0.05):
             if not waited:
                 waited = True
-                self.session.notify_waiting(True)
+                self.on_waiting(True)
             if self._stop.is_set():
                 self._finish("stopped")
                 return
         if waited:
-            self.session.notify_waiting(False)
+            self.on_waiting(False)
         self.status = "streaming"
         try:
             for piece in engine.stream(self.prompt_ids, self.sampling, self.stats, self._stop):
@@ -153,7 +154,6 @@ class Session:
         self.engine = None
         self.chats = Chats(default_system=lambda: self.settings.system)
         self._load_lock = threading.RLock()
-        self._waiting_listeners: list[Callable[[bool], None]] = []
         self.notify: Callable[[str], None] = lambda line: None  # one-line notices; the magics set a printer
 
     # -- model --------------------------------------------------------------------------------
@@ -222,6 +222,12 @@ class Session:
         """Ask and return the whole reply."""
         return self.stream(prompt, chat, **kwargs).consume()
 
+    def panel(self, chat: str = "default") -> Any:
+        """An ipywidgets chat panel over `chat`, sharing this session's model and history."""
+        from .panel import ChatPanel
+
+        return ChatPanel(self, chat)
+
     # -- chats --------------------------------------------------------------------------------
     def chat(self, name: str = "default", create: bool = True) -> Chat:
         return self.chats.get(name, create=create)
@@ -239,15 +245,6 @@ class Session:
 
     def undo(self, chat: str = "default") -> Turn:
         return self.chats.get(chat, create=False).undo()
-
-    # -- waiting state ------------------------------------------------------------------------
-    def on_waiting(self, fn: Callable[[bool], None]) -> Callable[[], None]:
-        self._waiting_listeners.append(fn)
-        return lambda: self._waiting_listeners.remove(fn) if fn in self._waiting_listeners else None
-
-    def notify_waiting(self, waiting: bool) -> None:
-        for fn in list(self._waiting_listeners):
-            fn(waiting)
 
     def status(self) -> dict[str, Any]:
         e = self.engine
