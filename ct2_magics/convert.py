@@ -6,13 +6,13 @@ import json
 import os
 import re
 import shutil
-import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ct2_magics.errors import LlamaError
+from ct2_magics.modelfile import check_llama3_rope, read_rope_attributes
 
 if TYPE_CHECKING:
     from ctranslate2.specs.model_spec import ModelSpec
@@ -365,117 +365,3 @@ def _first_line(exc: BaseException) -> str:
 
 # ---------------------------------------------------------------------------
 # Cheap check of an already converted model
-
-
-LLAMA3_CONTEXT = 131072
-_LLAMA3_BOS = "<|begin_of_text|>"
-_SCALAR_NAMES = ("rotary_scaling_type", "rotary_scaling_factor", "original_max_position_embeddings")
-_SCALAR_FORMATS = {0: "<f", 1: "<b", 2: "<h", 3: "<i", 4: "<e"}
-
-
-def check_llama3_rope(model_dir: str | Path) -> str | None:
-    """A one-line warning when a converted model looks like Llama 3.1/3.2 without llama3 RoPE scaling."""
-    model_dir = Path(model_dir).expanduser()
-    rope = read_rope_attributes(model_dir / "model.bin")
-    if rope is None:
-        return None
-    scaling_types = {attrs.get("rotary_scaling_type") for attrs in rope.values()}
-    if scaling_types & {2}:
-        # CTranslate2's stock Llama loader marks llama3 but omits the factor and original
-        # context, whose C++ defaults (1 and 0) turn the scaling into plain RoPE.
-        broken = any(
-            attrs.get("rotary_scaling_type") == 2
-            and (not attrs.get("rotary_scaling_factor") or not attrs.get("original_max_position_embeddings"))
-            for attrs in rope.values()
-        )
-        reason = "was converted with an incomplete llama3 RoPE scaling (CTranslate2's stock converter leaves out its factor)"
-        return _rope_warning(model_dir, reason) if broken else None
-    if scaling_types - {None}:
-        return None
-    if _looks_like_llama31(model_dir):
-        reason = "looks like Llama 3.1/3.2 (Llama 3 tokens, 131072-token context) but was converted without llama3 RoPE scaling"
-        return _rope_warning(model_dir, reason)
-    return None
-
-
-def read_rope_attributes(model_bin: Path) -> dict[str, dict[str, float | int]] | None:
-    """Per decoder layer, the RoPE scalars of a CTranslate2 model.bin; None if unreadable."""
-    try:
-        with open(model_bin, "rb") as fh:
-            return _scan_model_bin(fh, os.fstat(fh.fileno()).st_size)
-    except (OSError, ValueError, struct.error, UnicodeDecodeError):
-        return None
-
-
-def _scan_model_bin(fh: BinaryIO, size: int) -> dict[str, dict[str, float | int]] | None:
-    """Walk the variable index of model.bin, seeking over tensor data."""
-    def take(fmt: str) -> Any:
-        raw = fh.read(struct.calcsize(fmt))
-        return struct.unpack(fmt, raw)[0]
-
-    def text() -> str:
-        length = take("<H")
-        return fh.read(length)[:-1].decode("utf-8")
-
-    version = take("<I")
-    # Layout checked against ctranslate2's ModelSpec._serialize (binary version 6); 4 and 5 share it.
-    if not 4 <= version <= 6:
-        return None
-    text()  # spec name
-    take("<I")  # spec revision
-    count = take("<I")
-    layers: dict[str, dict[str, float | int]] = {}
-    for _ in range(count):
-        name = text()
-        rank = take("<B")
-        fh.seek(4 * rank, os.SEEK_CUR)
-        type_id = take("<B")
-        num_bytes = take("<I")
-        scope, _, attr = name.rpartition("/")
-        fmt = _SCALAR_FORMATS.get(type_id)
-        if rank == 0 and attr in _SCALAR_NAMES and fmt is not None and num_bytes == struct.calcsize(fmt):
-            value = struct.unpack(fmt, fh.read(num_bytes))[0]
-            layers.setdefault(scope, {})[attr] = value
-        else:
-            if fh.tell() + num_bytes > size:
-                raise ValueError("truncated model.bin")
-            fh.seek(num_bytes, os.SEEK_CUR)
-        if scope.endswith("/self_attention") and "/layer_" in scope:
-            layers.setdefault(scope, {})
-    return layers
-
-
-def _looks_like_llama31(model_dir: Path) -> bool:
-    """Llama 3 vocabulary plus a 131072-token context in the tokenizer config."""
-    config = _read_json(model_dir / "config.json")
-    tokenizer_config = _read_json(model_dir / "tokenizer_config.json")
-    llama3_vocab = config.get("bos_token") == _LLAMA3_BOS or tokenizer_config.get("bos_token") == _LLAMA3_BOS
-    return llama3_vocab and tokenizer_config.get("model_max_length") == LLAMA3_CONTEXT
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`, or {} when missing or malformed."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _base_model(model_dir: Path) -> str | None:
-    """The `base_model:` a Hub README front matter names, if any."""
-    try:
-        head = (model_dir / "README.md").read_text(encoding="utf-8")[:4000]
-    except OSError:
-        return None
-    match = re.search(r"^base_model:\s*(?:\n\s*-\s*)?['\"]?([\w.-]+/[\w.-]+)", head, re.MULTILINE)
-    return match.group(1) if match else None
-
-
-def _rope_warning(model_dir: Path, reason: str) -> str:
-    """The one-line warning with the command that fixes it."""
-    source = _base_model(model_dir) or "<original-repo-or-dir>"
-    return (
-        f"{model_dir} {reason}, so its output drifts from the original model (most on long prompts); "
-        f"reconvert it: %llama convert {source} <out> --quantization int8_float16"
-    )

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import LlamaError
-from .modelfile import read_json, saved_compute_type
+from .modelfile import check_llama3_rope, read_json, saved_compute_type
 from .quiet import quiet_libraries
 from .settings import Sampling
 
@@ -109,7 +109,7 @@ class Engine:
         self.device = choose_device(device)
         self.saved_type = saved_compute_type(self.model_dir)
         chosen, notice = choose_compute_type(compute_type, self.device, self.saved_type)
-        self.notices: list[str] = [notice] if notice else []
+        self.notices: list[str] = [n for n in (notice, check_llama3_rope(self.model_dir)) if n]
         self.tokenizer = load_tokenizer(self.model_dir)
         make_room()
         try:

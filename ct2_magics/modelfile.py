@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -84,3 +85,78 @@ def read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+LLAMA3_CONTEXT = 131072
+_LLAMA3_BOS = "<|begin_of_text|>"
+_ROPE_SCALARS = ("rotary_scaling_type", "rotary_scaling_factor", "original_max_position_embeddings")
+_SCALAR_FORMATS = {"float32": "<f", "int8": "<b", "int16": "<h", "int32": "<i", "float16": "<e"}
+
+
+def read_rope_attributes(model_bin: Path) -> dict[str, dict[str, float | int]] | None:
+    """Per self-attention layer, the RoPE scalars stored in a CTranslate2 model.bin; None if unreadable."""
+    try:
+        index = read_index(Path(model_bin).parent)
+    except (OSError, ValueError, struct.error, UnicodeDecodeError):
+        return None
+    layers: dict[str, dict[str, float | int]] = {}
+    for name, var in index.items():
+        scope, _, attr = name.rpartition("/")
+        if scope.endswith("/self_attention") and "/layer_" in scope:
+            layers.setdefault(scope, {})
+        fmt = _SCALAR_FORMATS.get(var.dtype)
+        if attr in _ROPE_SCALARS and not var.shape and fmt and var.data is not None and len(var.data) == struct.calcsize(fmt):
+            layers.setdefault(scope, {})[attr] = struct.unpack(fmt, var.data)[0]
+    return layers
+
+
+def check_llama3_rope(model_dir: str | Path) -> str | None:
+    """A one-line warning when a converted model looks like Llama 3.1/3.2 without llama3 RoPE scaling."""
+    model_dir = Path(model_dir).expanduser()
+    rope = read_rope_attributes(model_dir / "model.bin")
+    if rope is None:
+        return None
+    scaling_types = {attrs.get("rotary_scaling_type") for attrs in rope.values()}
+    if 2 in scaling_types:
+        # CTranslate2's stock Llama loader marks llama3 but omits the factor and original
+        # context, whose C++ defaults (1 and 0) turn the scaling into plain RoPE.
+        broken = any(
+            attrs.get("rotary_scaling_type") == 2
+            and (not attrs.get("rotary_scaling_factor") or not attrs.get("original_max_position_embeddings"))
+            for attrs in rope.values()
+        )
+        reason = "was converted with an incomplete llama3 RoPE scaling (CTranslate2's stock converter leaves out its factor)"
+        return _rope_warning(model_dir, reason) if broken else None
+    if scaling_types - {None}:
+        return None
+    if _looks_like_llama31(model_dir):
+        reason = "looks like Llama 3.1/3.2 (Llama 3 tokens, 131072-token context) but was converted without llama3 RoPE scaling"
+        return _rope_warning(model_dir, reason)
+    return None
+
+
+def _looks_like_llama31(model_dir: Path) -> bool:
+    """Llama 3 vocabulary plus a 131072-token context in the tokenizer config."""
+    config = read_json(model_dir / "config.json")
+    tokenizer_config = read_json(model_dir / "tokenizer_config.json")
+    llama3_vocab = _LLAMA3_BOS in (config.get("bos_token"), tokenizer_config.get("bos_token"))
+    return llama3_vocab and tokenizer_config.get("model_max_length") == LLAMA3_CONTEXT
+
+
+def _base_model(model_dir: Path) -> str | None:
+    """The `base_model:` a Hub README front matter names, if any."""
+    try:
+        head = (model_dir / "README.md").read_text(encoding="utf-8")[:4000]
+    except OSError:
+        return None
+    match = re.search(r"^base_model:\s*(?:\n\s*-\s*)?['\"]?([\w.-]+/[\w.-]+)", head, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def _rope_warning(model_dir: Path, reason: str) -> str:
+    """The one-line warning with the command that fixes it."""
+    source = _base_model(model_dir) or "<original-repo-or-dir>"
+    return (
+        f"{model_dir} {reason}, so its output drifts from the original model (most on long prompts); "
+        f"reconvert it: %llama convert {source} <out> --quantization int8_float16"
+    )

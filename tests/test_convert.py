@@ -334,3 +334,23 @@ def test_failed_download_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
         convert("someone/model", tmp_path / "o", progress=quiet)
     assert str(info.value) == "could not download someone/model from the Hugging Face Hub: Cannot reach https://huggingface.co"
     assert convert_mod.DOWNLOAD_IGNORE == ["original/*"]
+
+
+@pytest.mark.torch
+def test_loading_a_stock_conversion_says_how_to_fix_it(models: dict[str, Path], tmp_path: Path) -> None:
+    from ct2_magics.session import Session
+
+    plain = tmp_path / "plain"
+    shutil.copytree(models["plain"], plain)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(models["ours"] / name, plain / name)
+    lines: list[str] = []
+    session = Session()
+    session.notify = lines.append
+    session.load(str(plain), device="cpu", compute_type="float32")
+    assert len(lines) == 1 and "%llama convert" in lines[0] and "RoPE" in lines[0]
+    session.unload()
+    lines.clear()
+    session.load(str(models["ours"]), device="cpu", compute_type="float32")
+    assert lines == []
+    session.unload()
