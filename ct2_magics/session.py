@@ -25,6 +25,14 @@ class Request:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def check_text(text: str, what: str) -> None:
+    """Refuse text a tokenizer cannot encode (lone surrogates, e.g. from broken clipboard data)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise LlamaError(f"The {what} holds an invalid character (a lone surrogate) at position {e.start}; remove it.") from None
+
+
 class Response:
     """A reply being streamed; iterate it for text pieces. The turn is recorded when the stream ends."""
 
@@ -46,6 +54,9 @@ class Response:
         req, session = self.request, self.session
         if not req.prompt.strip():
             raise LlamaError("The prompt is empty; write something after the %%llama line.")
+        check_text(req.prompt, "prompt")
+        if req.system:
+            check_text(req.system, "system prompt")
         resolve_sampling(req.options, session.settings, {})  # a bad option fails before any model loads
         self.engine = session.ensure_engine()
         self.sampling: Sampling = resolve_sampling(req.options, session.settings, self.engine.defaults)
@@ -221,6 +232,18 @@ class Session:
     def ask(self, prompt: str, chat: str = "default", **kwargs: Any) -> str:
         """Ask and return the whole reply."""
         return self.stream(prompt, chat, **kwargs).consume()
+
+    def generate(self, prompts: list[str], **kwargs: Any) -> list[str | None]:
+        """Answer many independent prompts in batches, in input order; see ct2_magics.batch.generate."""
+        from .batch import generate
+
+        return generate(self, prompts, **kwargs)
+
+    def map(self, items: Any, template: str = "{}", **kwargs: Any) -> Any:
+        """Fill `template` with each item and answer each, batched; a Series keeps its index."""
+        from .batch import map_items
+
+        return map_items(self, items, template, **kwargs)
 
     def panel(self, chat: str = "default") -> Any:
         """An ipywidgets chat panel over `chat`, sharing this session's model and history."""
