@@ -110,20 +110,33 @@ class Chats:
 def fit_to_context(messages: list[Message], count: Callable[[list[Message]], int], budget: int) -> tuple[list[Message], int]:
     """Keep the system prompt and the newest turns that fit in `budget` tokens; return (messages, turns left out)."""
     system = [m for m in messages[:1] if m["role"] == "system"]
-    rest = messages[len(system):]
-    if count(system + rest) <= budget:
-        return messages, 0
-    # rest is [u, a, u, a, ..., u]: drop whole exchanges from the front.
-    dropped = 0
-    while len(rest) > 1:
-        rest = rest[2:]
-        dropped += 1
-        if count(system + rest) <= budget:
-            return system + rest, dropped
-    raise LlamaError(
-        f"The prompt alone is {count(system + rest)} tokens, more than the {budget} the context allows; "
-        "shorten it, or raise max_context (%config LlamaSettings.max_context)."
-    )
+    rest = messages[len(system):]  # [user, assistant, ..., user]
+    total = (len(rest) - 1) // 2
+
+    def window(kept: int) -> list[Message]:
+        return system + rest[len(rest) - 1 - 2 * kept:]
+
+    def fits(kept: int) -> bool:
+        return count(window(kept)) <= budget
+
+    if not fits(0):
+        raise LlamaError(
+            f"The prompt alone is {count(window(0))} tokens, more than the {budget} the context allows; "
+            "shorten it, or raise max_context (%config LlamaSettings.max_context)."
+        )
+    # Probe 1, 2, 4, ... newest exchanges, then bisect: the cost follows what fits, not the chat's length.
+    good, bad = 0, None
+    step = 1
+    while bad is None and good < total:
+        probe = min(good + step, total)
+        if fits(probe):
+            good, step = probe, step * 2
+        else:
+            bad = probe
+    while bad is not None and bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if fits(mid) else (good, mid)
+    return window(good), total - good
 
 
 def transcript(turns: Iterable[Turn], system: str | None, markdown: bool = True) -> str:

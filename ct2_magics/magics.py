@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import keyword
 import shlex
+import sys
 from typing import Any, Callable
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 
-from . import render
+from . import prompts, render
 from .errors import LlamaError
 from .session import Request, Session
 
@@ -17,8 +20,21 @@ HELP = """\
 %%llama [options]        ask the model; the cell is the prompt, the reply streams into the cell
   -s/--system TEXT       system prompt for this chat        --chat NAME   chat to use (default: default)
   --new                  clear the chat first               --once        neither read nor write history
-  -t/--temperature T     0 means greedy                     --top-k K, --top-p P, --seed N
-  -n/--max-tokens N      most tokens in the reply           --repetition-penalty R
+  -t/--temperature T     0 means greedy (the same reply every time; --seed does not repeat across cells)
+  --top-k K, --top-p P, --seed N, --repetition-penalty R
+  -n/--max-tokens N      most tokens in the reply
+  -o/--out VAR           store the reply in variable VAR (with -f code: the code; -f json: the parsed value)
+  -f/--format F          markdown (default) | text: plain text | code: offer the reply's first ``` block
+                         as the next cell, never run | json: parse the reply (a ```json fence is fine);
+                         if it is not JSON (or has no code block) that is one error line and VAR holds
+                         the raw reply as a str
+  --no-vars              send {...} as written
+  In the cell, {name} is that variable's value, {In[3]} / {Out[3]} a cell's input / output; tables and
+  long values are cut short; {{ and }} are literal braces; anything else in braces stays as written.
+%llama explain [--chat NAME] [-n N] [-t T]
+                         explain the last error (its cell and traceback) for a learner; recorded in a fresh
+                         chat named explain (ask follow-ups with %%llama --chat explain); --chat NAME adds
+                         it to that chat instead
 %llama load MODEL [--device auto|cpu|cuda] [--compute-type T] [--revision R]
                          MODEL: a converted model's directory, a Hub repo id, or demo
 %llama unload            free the model
@@ -31,8 +47,18 @@ HELP = """\
 Defaults: %config LlamaSettings (e.g. %config LlamaSettings.max_tokens = 256)"""
 
 
+FORMATS = ("markdown", "text", "code", "json")
+SAMPLING = ("temperature", "top_k", "top_p", "max_tokens", "seed", "repetition_penalty")
+
+
 def _parser(prog: str) -> MagicArgumentParser:
     return MagicArgumentParser(prog=prog, add_help=False)
+
+
+def _variable(name: str) -> str:
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a Python variable name")
+    return name
 
 
 def _cell_parser() -> MagicArgumentParser:
@@ -47,6 +73,9 @@ def _cell_parser() -> MagicArgumentParser:
     p.add_argument("-n", "--max-tokens", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("-o", "--out", type=_variable)
+    p.add_argument("-f", "--format", choices=FORMATS, default="markdown")
+    p.add_argument("--no-vars", action="store_true")
     return p
 
 
@@ -63,6 +92,10 @@ def _line_parsers() -> dict[str, MagicArgumentParser]:
     system = parsers["system"] = _parser("%llama system")
     system.add_argument("text", nargs="*")
     system.add_argument("--chat", default="default")
+    explain = parsers["explain"] = _parser("%llama explain")
+    explain.add_argument("--chat")
+    explain.add_argument("-n", "--max-tokens", type=int)
+    explain.add_argument("-t", "--temperature", type=float)
     convert = parsers["convert"] = _parser("%llama convert")
     convert.add_argument("source")
     convert.add_argument("output")
@@ -92,6 +125,7 @@ class LlamaMagics(Magics):
         self.cell_parser = _cell_parser()
         self.line_parsers = _line_parsers()
         self.cell_id: str | None = None
+        self._last_error: BaseException | None = None
 
     @property
     def settings(self):
@@ -99,23 +133,56 @@ class LlamaMagics(Magics):
 
     @line_cell_magic
     def llama(self, line: str, cell: str | None = None) -> None:
-        """Ask a local Llama model (%%llama), or manage it (%llama load|status|history|...). See %llama help."""
+        """Ask a local Llama model (%%llama), or manage it (%llama load|explain|status|...). See %llama help."""
+        self._remember_error()
         try:
             if cell is None:
                 self._command(line)
             else:
-                request = self._request(line, cell)
-                render.show(self.session.respond(request), self.shell, mode=self.settings.render,
-                            rate=self.settings.updates_per_second)
+                args = self.cell_parser.parse_args(split(line))
+                response = self.session.respond(self._request(args, cell))
+                self._show(response, plain=args.format == "text")
+                self._deliver(response.text, args.format, args.out)
         except LlamaError as e:
             raise UsageError(str(e)) from None
 
+    def _show(self, response: Any, plain: bool = False) -> None:
+        render.show(response, self.shell, mode=self.settings.render, rate=self.settings.updates_per_second,
+                    plain=plain, quiet=self.settings.quiet)
+
     # -- the cell magic ---------------------------------------------------------------------------
-    def _request(self, line: str, cell: str) -> Request:
-        args = self.cell_parser.parse_args(split(line))
-        options = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "max_tokens", "seed", "repetition_penalty")}
-        return Request(cell.strip(), chat=args.chat, system=args.system, new=args.new, once=args.once,
+    def _request(self, args: Any, cell: str) -> Request:
+        prompt = cell.strip()
+        if not args.no_vars:
+            prompt, missing = prompts.substitute(prompt, self.shell.user_ns)
+            if missing:
+                self.session.notify(f"Left {', '.join(missing)} as written: no such variable "
+                                    "(write {{ and }} for literal braces, or use --no-vars).")
+        options = {k: getattr(args, k) for k in SAMPLING}
+        return Request(prompt, chat=args.chat, system=args.system, new=args.new, once=args.once,
                        cell_id=self.cell_id, options={k: v for k, v in options.items() if v is not None})
+
+    def _deliver(self, reply: str, fmt: str, out: str | None) -> None:
+        """Hand the finished reply to the notebook: offered as the next cell, parsed, stored in `out`."""
+        value: Any = reply
+        problem = None
+        if fmt == "code":
+            code = render.code_block(reply)
+            if code is None:
+                problem = "The reply has no ``` code block, so no cell was offered"
+            else:
+                self.shell.set_next_input(code, replace=False)
+                value = code
+        elif fmt == "json":
+            try:
+                value = render.json_value(reply)
+            except ValueError as e:
+                problem = f"The reply is not JSON ({e})"
+        if out is not None:
+            self.shell.user_ns[out] = value
+        if problem is not None:
+            kept = f"{out} holds the raw reply (a str)" if out else "the reply is kept in the chat"
+            raise UsageError(f"{problem}; {kept}.")
 
     # -- line commands ----------------------------------------------------------------------------
     def _command(self, line: str) -> None:
@@ -166,6 +233,24 @@ class LlamaMagics(Magics):
         from IPython.display import display
 
         display(self.session.panel(args.chat))
+
+    def _remember_error(self) -> None:
+        """Note the last error shown with a traceback (IPython keeps it in sys.last_value) for %llama explain."""
+        # A usage error (a mistyped %llama, a model that would not load) replaces sys.last_value; keeping
+        # the error before it lets %llama explain still explain the cell that failed.
+        error = getattr(sys, "last_value", None)
+        if error is not None and not isinstance(error, UsageError):
+            self._last_error = error
+
+    def _cmd_explain(self, args: Any) -> None:
+        if self._last_error is None:
+            raise UsageError("There is no error to explain yet; run a cell that fails, then %llama explain.")
+        shell = self.shell
+        report = prompts.error_report(self._last_error, shell.compile._filename_map, shell.history_manager.input_hist_raw)
+        options = {"max_tokens": args.max_tokens, "temperature": args.temperature}
+        request = Request(prompts.explain_prompt(report), chat=args.chat or "explain", new=args.chat is None,
+                          cell_id=self.cell_id, options={k: v for k, v in options.items() if v is not None})
+        self._show(self.session.respond(request))
 
     def _cmd_convert(self, args: Any) -> None:
         from .convert import convert

@@ -1,7 +1,8 @@
-"""Showing a streaming reply in a cell: throttled markdown updates of one display, or plain text in a terminal."""
+"""Showing a streaming reply in a cell (throttled updates of one display, or plain text in a terminal), and reading it as code or JSON."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -36,13 +37,15 @@ def wants_markdown(shell: Any, mode: str = "auto") -> bool:
     return type(shell.display_pub) is not DisplayPublisher
 
 
-def with_mark(text: str, status: str) -> str:
-    mark = _MARKS.get(status)
+def with_mark(text: str, status: str, marks: dict[str, str] = _MARKS) -> str:
+    mark = marks.get(status)
     return text if mark is None else f"{text}\n\n{mark}" if text else mark
 
 
 class MarkdownStream:
     """One display, updated with markdown at most `rate` times a second, and once more in full at the end."""
+
+    marks = _MARKS
 
     def __init__(self, rate: float = 15.0) -> None:
         self.interval = 1.0 / rate if rate > 0 else 0.0
@@ -52,6 +55,9 @@ class MarkdownStream:
 
     def _bundle(self, text: str) -> dict[str, str]:
         return {"text/markdown": text, "text/plain": text}
+
+    def _shape(self, text: str) -> str:
+        return close_open_fence(text)
 
     def start(self, placeholder: str = "…") -> None:
         from IPython.display import display
@@ -67,12 +73,24 @@ class MarkdownStream:
         if now - self._last >= self.interval:
             self._last = now
             self.updates += 1
-            self.handle.update(self._bundle(close_open_fence(text)), raw=True)
+            self.handle.update(self._bundle(self._shape(text)), raw=True)
 
     def finish(self, text: str, status: str, metadata: dict[str, Any]) -> None:
         self.updates += 1
-        self.handle.update(self._bundle(with_mark(close_open_fence(text), status)), raw=True,
+        self.handle.update(self._bundle(with_mark(self._shape(text), status, self.marks)), raw=True,
                            metadata={"ct2_magics": metadata})
+
+
+class PlainStream(MarkdownStream):
+    """Like MarkdownStream, but the display holds text/plain only (-f text in a notebook)."""
+
+    marks = {status: f"[{status}]" for status in _MARKS}
+
+    def _bundle(self, text: str) -> dict[str, str]:
+        return {"text/plain": text}
+
+    def _shape(self, text: str) -> str:
+        return text
 
 
 class TextStream:
@@ -101,9 +119,16 @@ class TextStream:
         self.out.flush()
 
 
-def show(response: Any, shell: Any, *, mode: str = "auto", rate: float = 15.0) -> None:
+def show(response: Any, shell: Any, *, mode: str = "auto", rate: float = 15.0, plain: bool = False,
+         quiet: bool = False) -> None:
     """Stream `response` into the current cell; a KeyboardInterrupt keeps the partial reply, then propagates."""
-    view = MarkdownStream(rate) if wants_markdown(shell, mode) else TextStream()
+    if not wants_markdown(shell, mode):
+        view: MarkdownStream | TextStream = TextStream()
+    else:
+        view = PlainStream(rate) if plain else MarkdownStream(rate)
+    if not quiet:
+        for line in response.notices:
+            print(line)
     view.start()
     response.on_waiting = view.waiting
     try:
@@ -124,3 +149,32 @@ def show_markdown(text: str, shell: Any, mode: str = "auto") -> None:
         display({"text/markdown": text, "text/plain": text}, raw=True)
     else:
         print(text)
+
+
+def code_block(text: str) -> str | None:
+    """The body of the first fenced code block in `text` (an unclosed one runs to the end), or None."""
+    opener = _FENCE.search(text)
+    if opener is None:
+        return None
+    fence = opener.group(1)
+    body_start = text.find("\n", opener.end())
+    if body_start < 0:
+        return None
+    closer = re.compile(rf"^ {{0,3}}{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$", re.MULTILINE)
+    end = closer.search(text, body_start + 1)
+    body = text[body_start + 1:end.start() if end else len(text)]
+    return body.strip("\n")
+
+
+def json_value(text: str) -> Any:
+    """The reply parsed as JSON, alone or in a (```json) fence; ValueError (json's message) if it is neither."""
+    try:
+        return json.loads(text)
+    except ValueError as first:
+        block = code_block(text)
+        if block is None:
+            raise ValueError(str(first)) from None
+        try:
+            return json.loads(block)
+        except ValueError as e:
+            raise ValueError(f"{e}, in its code block") from None

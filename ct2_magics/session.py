@@ -194,10 +194,11 @@ class Session:
             if old is not None:
                 with old.lock:
                     old.close()
-        for line in engine.notices:
-            self.notify(line)
+        notices = list(engine.notices)
         if model == "demo":
-            self.notify("Loaded the offline demo model: its weights are random, so its text is gibberish. Use it to try the tools.")
+            notices.append("Loaded the offline demo model: its weights are random, so its text is gibberish. Use it to try the tools.")
+        for line in notices if not self.settings.quiet else ():
+            self.notify(line)
         return engine
 
     def unload(self) -> bool:

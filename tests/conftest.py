@@ -71,6 +71,7 @@ def shell(ipython, demo_model):
     finally:
         ipython.run_line_magic("unload_ext", "ct2_magics")
         ipython.display_pub = old_pub
+        ipython.config.pop("LlamaSettings", None)  # %config in one test must not leak into the next
         session.drop_session()
 
 
