@@ -15,54 +15,38 @@ DEMO_NAME = "demo"
 DEMO_SUBDIR = "demo-v1"
 CACHE_ENV = "CT2_MAGICS_CACHE"
 
-BOS = "<|begin_of_text|>"
-END_OF_TEXT = "<|end_of_text|>"
-EOT = "<|eot_id|>"
-SPECIAL_TOKENS = (
-    BOS,
-    END_OF_TEXT,
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-    EOT,
-    "<|eom_id|>",
-    "<|python_tag|>",
-    "<|finetune_right_pad_id|>",
-)
+BOS, END_OF_TEXT, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
+SPECIAL_TOKENS = (BOS, END_OF_TEXT, "<|start_header_id|>", "<|end_header_id|>", EOT, "<|eom_id|>",
+                  "<|python_tag|>", "<|finetune_right_pad_id|>")  # fmt: skip
 GENERATION_PROMPT = "<|start_header_id|>assistant<|end_header_id|>\n\n"
-MODEL_FILES = (
-    "model.bin",
-    "config.json",
-    "vocabulary.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-    "README.md",
-)
+MODEL_FILES = ("model.bin", "config.json", "vocabulary.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "generation_config.json", "README.md")  # fmt: skip
 
 # Llama 3's pre-tokenizer split: punctuation keeps its trailing newlines, digits go in threes.
-_SPLIT_PATTERN = (
+SPLIT_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 # Llama 3's template without the date lines, so it needs no strftime_now or date_string.
 CHAT_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
+    "{{- bos_token }}{%- for message in messages %}"
     "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
-    " + message['content'] | trim + '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-    "{%- endif %}"
+    " + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
+ROPE_BASE = 500000.0
 # Low enough that sampling never picks the token, small enough to stay finite in float16.
 FORBIDDEN_BIAS = -1e4
+# Measured: with temperature 0.6 / top_p 0.9 replies have a median near 70 tokens (quartiles 30-150).
 DEFAULT_EOT_BIAS = -1.0
-# Share of each random layer in the residual stream: the corpus bigram stays dominant.
+# Share of each random layer in the residual stream, small so the corpus bigram stays readable.
 LAYER_GAIN = 0.05
-SCRIPT_MARGIN = 30.0
+# Script ("parrot") models: how many earlier tokens pick the next one, and margins that survive int8.
+PARROT_LAGS = 3
 SCRIPT_MIN_HIDDEN = 512
+SCRIPT_MARGIN = 60.0
+ATTENTION_GAP = 30.0
+GATE_GAIN = 80.0
 
 
 def demo_dir() -> Path:
@@ -76,13 +60,14 @@ def demo_dir() -> Path:
 
 
 def ensure_demo(path: Path | None = None) -> Path:
-    """Build the demo model once (atomically, race-safe) and return its directory."""
+    """Build the demo model once (atomically, safe against racing processes) and return its directory."""
     target = Path(path) if path is not None else demo_dir()
     if _is_complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".building", dir=target.parent))
     try:
+        staging.chmod(0o755)
         build_model(staging)
         _publish(staging, target)
     finally:
@@ -106,33 +91,34 @@ def build_model(
     max_position: int = 8192,
     eot_bias: float = DEFAULT_EOT_BIAS,
 ) -> Path:
-    """Write a random Llama 3 style CTranslate2 model plus its tokenizer files into path."""
-    path = Path(path)
-    rng = np.random.default_rng(seed)
+    """Write a random Llama 3 style CTranslate2 model and its Hub tokenizer files into path."""
+    path, rng = Path(path), np.random.default_rng(seed)
     tokenizer = _train_tokenizer(vocab_merges)
     vocab = [tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())]
-    prompt_last = tokenizer.encode(GENERATION_PROMPT, add_special_tokens=False).ids[-1]
     if script is None:
-        embeddings, projection, bias = _bigram_head(tokenizer, vocab, prompt_last, hidden, rng)
+        embeddings, projection, bias = _bigram_head(tokenizer, vocab, hidden)
         bias[vocab.index(EOT)] += eot_bias
-        gain = LAYER_GAIN
+        spec = _decoder_spec(layers, heads, kv_heads, hidden, intermediate, LAYER_GAIN, rng)
     else:
-        hidden, embeddings, projection, bias = _script_head(tokenizer, vocab, prompt_last, script, hidden, rng)
-        gain = 0.0
-    spec = _decoder_spec(layers, heads, kv_heads, hidden, intermediate, gain, rng)
+        chain, successors = _parrot_plan(tokenizer, vocab, script)
+        # Room for the parrot's slots and one FFN unit per context.
+        hidden = max(hidden, SCRIPT_MIN_HIDDEN)
+        intermediate = max(intermediate, -(-len(successors) // 64) * 64)
+        spec = _decoder_spec(layers, heads, kv_heads, hidden, intermediate, 0.0, rng)
+        shape = (heads, kv_heads, max_position)
+        allowed = _emittable(tokenizer, vocab)
+        embeddings, projection, bias = _program_parrot(spec, chain, successors, allowed, shape, rng)
     spec.decoder.embeddings.weight = embeddings
     spec.decoder.projection.weight = projection
     spec.decoder.projection.bias = bias
     spec.register_vocabulary(vocab)
-    spec.config.bos_token = BOS
-    spec.config.eos_token = EOT
-    spec.config.unk_token = ""
+    spec.config.bos_token, spec.config.eos_token, spec.config.unk_token = BOS, EOT, ""
     spec.config.layer_norm_epsilon = 1e-5
     spec.validate()
     spec.optimize(quantization=quantization)
     path.mkdir(parents=True, exist_ok=True)
     spec.save(str(path))
-    _write_hf_files(path, tokenizer, vocab, chat_template, max_position)
+    _write_hub_files(path, tokenizer, vocab, chat_template, max_position)
     return path
 
 
@@ -142,26 +128,19 @@ def _is_complete(path: Path) -> bool:
 
 
 def _publish(staging: Path, target: Path) -> None:
-    """Move a finished build into place; a complete model someone else published wins."""
-    for _ in range(2):
-        try:
-            os.rename(staging, target)
+    """Rename a finished build into place; when another process got there first, keep its model."""
+    try:
+        os.rename(staging, target)
+    except OSError:
+        if _is_complete(target):
             return
-        except OSError:
-            if _is_complete(target):
-                return
-            # A stale, half-deleted directory: move it aside, then retry.
-            stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".stale", dir=target.parent))
-            try:
-                os.rename(target, stale / "old")
-            except OSError:
-                pass
-            shutil.rmtree(stale, ignore_errors=True)
-    os.rename(staging, target)
+        # An incomplete leftover (files deleted by hand): replace it.
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(staging, target)
 
 
 def _train_tokenizer(vocab_merges: int):
-    """Train a byte-level BPE on the built-in corpus and append the Llama 3 special tokens."""
+    """Train a byte-level BPE on the built-in corpus, then append the Llama 3 special tokens."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     from ._demo_corpus import DOCUMENTS
@@ -169,107 +148,149 @@ def _train_tokenizer(vocab_merges: int):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=256 + vocab_merges,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=256 + vocab_merges, initial_alphabet=alphabet, show_progress=False)
     tokenizer.train_from_iterator(list(DOCUMENTS), trainer)
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    bos_id = tokenizer.token_to_id(BOS)
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS])
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS}:1 $B:1", special_tokens=[(BOS, bos_id)]
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS}:1 $B:1", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
     )
     return tokenizer
 
 
-def _byte_decoder() -> dict[str, int]:
-    """Map GPT-2 byte-level characters back to the bytes they stand for."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = {byte: chr(byte) for byte in printable}
-    for extra, byte in enumerate(b for b in range(256) if b not in chars):
-        chars[byte] = chr(256 + extra)
-    return {char: byte for byte, char in chars.items()}
+def _emittable(tokenizer, vocab: list[str]) -> np.ndarray:
+    """Mask of the tokens generated text may hold: complete, printable UTF-8 pieces and <|eot_id|>."""
+
+    def printable(token: str) -> bool:
+        # The corpus holds no U+FFFD, so one in a decoded token means its UTF-8 is cut.
+        text = tokenizer.decoder.decode([token])
+        return "\ufffd" not in text and not any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in text)
+
+    return np.array([token == EOT or (token not in SPECIAL_TOKENS and printable(token)) for token in vocab])
 
 
-def token_text(token: str) -> str | None:
-    """The text of a byte-level token when its bytes are complete, printable UTF-8, else None."""
-    decoder = _byte_decoder()
-    try:
-        text = bytes(decoder[char] for char in token).decode("utf-8")
-    except (KeyError, UnicodeDecodeError):
-        return None
-    if any(unicodedata.category(char) == "Cc" and char not in "\n\t" for char in text):
-        return None
-    return text
-
-
-def _emittable(vocab: list[str]) -> np.ndarray:
-    """Mask of the tokens demo text may contain: complete UTF-8 pieces and <|eot_id|>."""
-    return np.array([tok == EOT or (tok not in SPECIAL_TOKENS and token_text(tok) is not None) for tok in vocab])
-
-
-def _bigram_head(tokenizer, vocab: list[str], prompt_last: int, hidden: int, rng: np.random.Generator):
-    """Embeddings, projection and bias whose product is a low-rank corpus bigram model."""
+def _bigram_head(tokenizer, vocab: list[str], hidden: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Embeddings, projection and bias that make the model a bigram model of the corpus."""
     from ._demo_corpus import DOCUMENTS
 
     size, eot = len(vocab), vocab.index(EOT)
-    counts = np.zeros((size, size), dtype=np.float64)
+    start = tokenizer.encode(GENERATION_PROMPT, add_special_tokens=False).ids[-1]
+    counts = np.zeros((size, size))
     for document in DOCUMENTS:
-        ids = [prompt_last, *tokenizer.encode(document, add_special_tokens=False).ids, eot]
+        ids = [start, *tokenizer.encode(document, add_special_tokens=False).ids, eot]
         np.add.at(counts, (ids[:-1], ids[1:]), 1.0)
-    allowed = _emittable(vocab)
+    # The hidden - 1 most frequent tokens get a one-hot row each; all others share the last row.
+    row_of = np.full(size, hidden - 1)
+    row_of[np.argsort(-counts.sum(axis=1), kind="stable")[: hidden - 1]] = np.arange(min(hidden - 1, size))
+    rows = np.zeros((hidden, size))
+    np.add.at(rows, row_of, counts)
+    allowed = _emittable(tokenizer, vocab)
     unigram = (counts.sum(axis=0) + 0.05) * allowed
     unigram /= unigram.sum()
-    # Interpolating with the unigram keeps unseen pairs possible but unlikely.
-    logp = np.log((counts[:, allowed] + 2.0 * unigram[allowed]) / (counts.sum(axis=1, keepdims=True) + 2.0))
+    # Mixing in the unigram keeps unseen pairs possible but unlikely.
+    logp = np.log((rows[:, allowed] + 2.0 * unigram[allowed]) / (rows.sum(axis=1, keepdims=True) + 2.0))
     centre = logp.mean(axis=0)
-    u, s, vt = np.linalg.svd((logp - centre).astype(np.float32), full_matrices=False)
-    rank = min(hidden - 1, len(s))
-    core = u[:, :rank] * s[:rank]
-    norms = np.einsum("ij,ij->i", core, core)
-    # An extra coordinate gives every row the same norm, so RMS norm scales all logits alike.
-    radius = float(norms.max()) * 1.0001
     embeddings = np.zeros((size, hidden), dtype=np.float32)
-    embeddings[:, :rank] = core
-    embeddings[:, rank] = np.sqrt(radius - norms)
-    scale = np.sqrt(hidden / radius)
-    embeddings *= scale
+    embeddings[np.arange(size), row_of] = np.sqrt(hidden)  # RMS 1, like a trained model's residual stream
     projection = np.zeros((size, hidden), dtype=np.float32)
-    projection[allowed, :rank] = vt[:rank].T / scale
+    projection[allowed] = ((logp - centre) / np.sqrt(hidden)).T
     bias = np.full(size, FORBIDDEN_BIAS, dtype=np.float32)
     bias[allowed] = centre
-    del rng  # the bigram is fixed by the corpus; randomness lives in the layers
     return embeddings, projection, bias
 
 
-def _script_head(tokenizer, vocab: list[str], prompt_last: int, script: str, hidden: int, rng: np.random.Generator):
-    """Hidden size, embeddings, projection and bias of a bigram chain that replays script."""
-    chain = [prompt_last, *tokenizer.encode(script, add_special_tokens=False).ids, vocab.index(EOT)]
-    successor: dict[int, int] = {}
-    for current, following in zip(chain, chain[1:]):
-        if successor.setdefault(current, following) != following:
-            raise ValueError(
-                f"script needs token {vocab[current]!r} ({token_text(vocab[current])!r}) to be followed by both "
-                f"{vocab[successor[current]]!r} and {vocab[following]!r}; pick another script"
-            )
-    keys = list(successor)
-    hidden = max(hidden, SCRIPT_MIN_HIDDEN, -(-(len(keys) + 1) // 64) * 64)
-    embeddings = rng.standard_normal((len(vocab), hidden)).astype(np.float32)
-    # Orthonormal embeddings for the chain, so each step's logit is exactly the margin or zero.
-    basis, _ = np.linalg.qr(rng.standard_normal((hidden, len(keys))))
-    embeddings[keys] = (basis.T * np.sqrt(hidden)).astype(np.float32)
-    projection = np.zeros((len(vocab), hidden), dtype=np.float32)
-    for current, following in successor.items():
-        projection[following] += embeddings[current] * (SCRIPT_MARGIN / hidden)
-    bias = np.where(_emittable(vocab), 0.0, FORBIDDEN_BIAS).astype(np.float32)
+def _parrot_plan(tokenizer, vocab: list[str], script: str) -> tuple[list[int], dict[tuple[int, ...], int]]:
+    """The tokens a parrot walks through, and the successor of each context of PARROT_LAGS + 1 tokens."""
+    prompt = tokenizer.encode(GENERATION_PROMPT, add_special_tokens=False).ids
+    body = tokenizer.encode(script, add_special_tokens=False).ids
+    if not body or any(vocab[i] in SPECIAL_TOKENS for i in body):
+        raise ValueError("script must be non-empty text without special tokens")
+    chain = [*prompt, *body, vocab.index(EOT)]
+    successors: dict[tuple[int, ...], int] = {}
+    for end in range(len(prompt) - 1, len(chain) - 1):
+        context = tuple(chain[end - PARROT_LAGS : end + 1])
+        if successors.setdefault(context, chain[end + 1]) != chain[end + 1]:
+            text = tokenizer.decode(list(context))
+            raise ValueError(f"script repeats {text!r} with two different continuations; pick another script")
+    return chain, successors
+
+
+def _parrot_codes(chain: list[int], size: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Random +-1 codes for all tokens; the chain's codes differ pairwise in at least a quarter of places."""
+    signs = np.array([-1.0, 1.0], dtype=np.float32)
+    codes = rng.choice(signs, size=(size, width))
+    chosen: list[np.ndarray] = []
+    for token in dict.fromkeys(chain):
+        for _ in range(1000):
+            if not chosen or float(np.max(np.stack(chosen) @ codes[token])) <= width / 2:
+                break
+            codes[token] = rng.choice(signs, size=width)
+        else:
+            raise ValueError("script has too many distinct tokens for this hidden size")
+        chosen.append(codes[token])
+    return codes
+
+
+def _program_parrot(spec, chain: list[int], successors: dict, allowed: np.ndarray, shape: tuple[int, int, int], rng):
+    """Set layer 0 to read the last PARROT_LAGS + 1 tokens and write their successor; return the head."""
+    first = spec.decoder.layer[0]
+    heads, kv_heads, max_position = shape
+    units, hidden = first.ffn.linear_0.weight.shape
+    width = hidden // heads  # each slot of the residual stream is one head wide
+    if heads < PARROT_LAGS + 2:
+        raise ValueError(f"script models need at least {PARROT_LAGS + 2} heads")
+    slot = [slice(i * width, (i + 1) * width) for i in range(PARROT_LAGS + 2)]  # current, lags..., output
+    codes = _parrot_codes(chain, len(allowed), width, rng)
+    embeddings = np.zeros((len(allowed), hidden), dtype=np.float32)
+    embeddings[:, slot[0]] = codes
+    # Attention: constant queries and keys (biases) whose RoPE score peaks exactly `lag` tokens back.
+    theta = ROPE_BASE ** (-np.arange(0, width, 2) / width)
+    offsets = np.arange(-max_position, PARROT_LAGS + 1)
+    worst = (1 - np.cos(np.outer(offsets[offsets != 0], theta))).sum(axis=1).min()
+    sharp = np.sqrt(ATTENTION_GAP * np.sqrt(width) / worst)
+    qkv = np.zeros(((heads + 2 * kv_heads) * width, hidden), dtype=np.float32)
+    qkv_bias = np.zeros(qkv.shape[0], dtype=np.float32)
+    out = np.zeros((hidden, heads * width), dtype=np.float32)
+    for lag in range(1, PARROT_LAGS + 1):
+        q = (lag - 1) * width
+        k = (heads + (lag - 1) // (heads // kv_heads)) * width
+        v = k + kv_heads * width
+        qkv_bias[q : q + width] = sharp * np.concatenate([np.cos(lag * theta), -np.sin(lag * theta)])
+        qkv_bias[k : k + width // 2] = sharp
+        qkv[v : v + width, slot[0]] = np.eye(width)
+        out[slot[lag], q : q + width] = np.eye(width) * np.sqrt(width / hidden)
+    first.self_attention.linear[0].weight, first.self_attention.linear[0].bias = qkv, qkv_bias
+    first.self_attention.linear[1].weight = out
+    # FFN: one unit per context, on only when all its codes match, writing the successor's code.
+    match = PARROT_LAGS + 1
+    gate = np.zeros((units, hidden), dtype=np.float32)
+    gate_bias = np.full(units, -GATE_GAIN * match, dtype=np.float32)
+    down = np.zeros((hidden, units), dtype=np.float32)
+    for unit, (context, following) in enumerate(successors.items()):
+        for lag, token in enumerate(reversed(context)):
+            gate[unit, slot[lag]] = codes[token] * GATE_GAIN / np.sqrt(width * hidden / match)
+        gate_bias[unit] = -GATE_GAIN * (match - 0.25)
+        down[slot[-1], unit] = codes[following] / _silu(0.25 * GATE_GAIN)
+    first.ffn.linear_0.weight, first.ffn.linear_0.bias = gate, gate_bias
+    first.ffn.linear_0_noact.weight = np.zeros((units, hidden), dtype=np.float32)
+    first.ffn.linear_0_noact.bias = np.ones(units, dtype=np.float32)
+    first.ffn.linear_1.weight = down
+    projection = np.zeros((len(allowed), hidden), dtype=np.float32)
+    for token in set(successors.values()):
+        projection[token, slot[-1]] = codes[token] * SCRIPT_MARGIN / np.sqrt(width * hidden / (match + 1))
+    bias = np.where(allowed, 0.0, FORBIDDEN_BIAS).astype(np.float32)
     bias[chain] = 0.0
-    return hidden, embeddings, projection, bias
+    return embeddings, projection, bias
+
+
+def _silu(value: float) -> float:
+    """SiLU (swish) of a scalar."""
+    return float(value / (1.0 + np.exp(-value)))
 
 
 def _decoder_spec(layers: int, heads: int, kv_heads: int, hidden: int, intermediate: int, gain: float, rng):
@@ -277,30 +298,21 @@ def _decoder_spec(layers: int, heads: int, kv_heads: int, hidden: int, intermedi
     from ctranslate2.specs import common_spec, transformer_spec
 
     if hidden % heads or (hidden // heads) % 2 or heads % kv_heads:
-        raise ValueError(f"hidden={hidden}, heads={heads}, kv_heads={kv_heads} do not make even head sizes")
+        raise ValueError(f"hidden={hidden}, heads={heads}, kv_heads={kv_heads} do not give even head sizes")
     spec = transformer_spec.TransformerDecoderModelSpec.from_config(
-        layers,
-        heads,
-        pre_norm=True,
-        activation=common_spec.Activation.SWISH,
-        ffn_glu=True,
-        rms_norm=True,
-        rotary_dim=0,
-        rotary_interleave=False,
-        rotary_base=500000.0,
+        layers, heads, pre_norm=True, activation=common_spec.Activation.SWISH, ffn_glu=True, rms_norm=True,
+        rotary_dim=0, rotary_interleave=False, rotary_base=ROPE_BASE,
         num_heads_kv=None if kv_heads == heads else kv_heads,
-    )
-    decoder = spec.decoder
-    decoder.scale_embeddings = False
-    decoder.layer_norm.gamma = np.ones(hidden, dtype=np.float32)
-    qkv_rows = (heads + 2 * kv_heads) * (hidden // heads)
+    )  # fmt: skip
+    spec.decoder.scale_embeddings = False
+    spec.decoder.layer_norm.gamma = np.ones(hidden, dtype=np.float32)
 
     def dense(rows: int, cols: int, scale: float = 1.0) -> np.ndarray:
         return (rng.standard_normal((rows, cols)) * (scale / np.sqrt(cols))).astype(np.float32)
 
-    for layer in decoder.layer:
+    for layer in spec.decoder.layer:
         layer.self_attention.layer_norm.gamma = np.ones(hidden, dtype=np.float32)
-        layer.self_attention.linear[0].weight = dense(qkv_rows, hidden)
+        layer.self_attention.linear[0].weight = dense((heads + 2 * kv_heads) * (hidden // heads), hidden)
         layer.self_attention.linear[1].weight = dense(hidden, hidden, gain)
         layer.ffn.layer_norm.gamma = np.ones(hidden, dtype=np.float32)
         layer.ffn.linear_0.weight = dense(intermediate, hidden)
@@ -309,23 +321,13 @@ def _decoder_spec(layers: int, heads: int, kv_heads: int, hidden: int, intermedi
     return spec
 
 
-def _write_hf_files(path: Path, tokenizer, vocab: list[str], chat_template: bool, max_position: int) -> None:
+def _write_hub_files(path: Path, tokenizer, vocab: list[str], chat_template: bool, max_position: int) -> None:
     """Write the tokenizer, generation config and README that a converted Hub repo carries."""
     tokenizer.save(str(path / "tokenizer.json"))
     ids = {token: vocab.index(token) for token in SPECIAL_TOKENS}
-    added = {
-        str(ids[token]): {
-            "content": token,
-            "lstrip": False,
-            "normalized": False,
-            "rstrip": False,
-            "single_word": False,
-            "special": True,
-        }
-        for token in SPECIAL_TOKENS
-    }
+    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
     config = {
-        "added_tokens_decoder": added,
+        "added_tokens_decoder": {str(ids[token]): {"content": token, **flags} for token in SPECIAL_TOKENS},
         "bos_token": BOS,
         "clean_up_tokenization_spaces": False,
         "eos_token": EOT,
@@ -335,20 +337,14 @@ def _write_hf_files(path: Path, tokenizer, vocab: list[str], chat_template: bool
     }
     if chat_template:
         config["chat_template"] = CHAT_TEMPLATE
-    generation = {
-        "bos_token_id": ids[BOS],
-        "eos_token_id": [ids[END_OF_TEXT], ids[EOT]],
-        "do_sample": True,
-        "temperature": 0.6,
-        "top_p": 0.9,
-    }
+    generation = {"bos_token_id": ids[BOS], "eos_token_id": [ids[END_OF_TEXT], ids[EOT]], "do_sample": True,
+                  "temperature": 0.6, "top_p": 0.9}  # fmt: skip
     _write_json(path / "tokenizer_config.json", config)
     _write_json(path / "special_tokens_map.json", {"bos_token": BOS, "eos_token": EOT})
     _write_json(path / "generation_config.json", generation)
     (path / "README.md").write_text(
-        "# ct2-magics demo model\n\n"
-        "A tiny Llama 3 style model in CTranslate2 format with **random weights**, built locally by\n"
-        "`ct2_magics.demo`. Its replies mean nothing: it exists for offline demos and tests.\n",
+        "# ct2-magics demo model\n\nA tiny Llama 3 style model in CTranslate2 format with **random weights**,\n"
+        "built locally by `ct2_magics.demo`. Its replies mean nothing: it exists for offline demos and tests.\n",
         encoding="utf-8",
     )
 

@@ -1,0 +1,196 @@
+"""Decode speed of a model shaped like the reference (Llama 3 8B text) with random int8 weights.
+
+Builds the model on the machine it runs on (no download), then measures, alternating runs:
+a bare CTranslate2 `generate_tokens` loop, and the same prompt through ct2_magics' session
+(chat template, incremental decoding, history). Prints both, their ratio, and the decode speed
+the GPU's memory bandwidth allows (bandwidth / bytes of weights read per token).
+
+    python benchmarks/gpu_reference_shape.py --device cuda          # the real check (GPU, ~8 GB)
+    python benchmarks/gpu_reference_shape.py --device cpu --small   # a dry run of the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+LLAMA3_8B = {"layers": 32, "hidden": 4096, "intermediate": 14336, "heads": 32, "kv_heads": 8, "vocab": 128256}
+SMALL = {"layers": 2, "hidden": 256, "intermediate": 512, "heads": 8, "kv_heads": 2, "vocab": 128256}
+SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+TEMPLATE = (
+    "{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n'"
+    " + m['content'] + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+def build(path: Path, shape: dict, seed: int = 0) -> int:
+    """Write a random int8 Llama model of `shape` and a word-level tokenizer; return bytes read per token."""
+    import ctranslate2
+    from ctranslate2.specs import common_spec, transformer_spec
+
+    rng = np.random.default_rng(seed)
+    h, inter, vocab = shape["hidden"], shape["intermediate"], shape["vocab"]
+    head = h // shape["heads"]
+    kv = shape["kv_heads"] * head
+    block = rng.integers(-24, 25, size=1 << 24, dtype=np.int8)  # tiled: random values, fast to make
+    read = 0
+
+    def int8(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal read
+        read += rows * cols + 4 * rows
+        w = np.resize(block[rng.integers(0, 1 << 20):], rows * cols).reshape(rows, cols)
+        # Distinct scales: CTranslate2 aliases variables with equal values, which breaks int8 pairs.
+        scale = (1.0 + rng.random(rows)) / (24 * np.sqrt(cols))
+        return w, scale.astype(np.float32)
+
+    spec = transformer_spec.TransformerDecoderModelSpec.from_config(
+        shape["layers"], shape["heads"], pre_norm=True, activation=common_spec.Activation.SWISH, ffn_glu=True,
+        rms_norm=True, rotary_dim=0, rotary_interleave=False, rotary_base=500000.0, num_heads_kv=shape["kv_heads"],
+    )
+    dec = spec.decoder
+    dec.scale_embeddings = False
+    dec.embeddings.weight = (rng.standard_normal((vocab, h), dtype=np.float32) * 0.02).astype(np.float16)
+    dec.layer_norm.gamma = np.ones(h, dtype=np.float16)
+    dec.projection.weight, dec.projection.weight_scale = int8(vocab, h)
+    for layer in dec.layer:
+        att, ffn = layer.self_attention, layer.ffn
+        att.layer_norm.gamma = np.ones(h, dtype=np.float16)
+        ffn.layer_norm.gamma = np.ones(h, dtype=np.float16)
+        att.linear[0].weight, att.linear[0].weight_scale = int8(h + 2 * kv, h)
+        att.linear[1].weight, att.linear[1].weight_scale = int8(h, h)
+        ffn.linear_0.weight, ffn.linear_0.weight_scale = int8(inter, h)
+        ffn.linear_0_noact.weight, ffn.linear_0_noact.weight_scale = int8(inter, h)
+        ffn.linear_1.weight, ffn.linear_1.weight_scale = int8(h, inter)
+    tokens = [f"w{i}" for i in range(vocab - 256)] + SPECIALS + [f"<|reserved_{i}|>" for i in range(256 - len(SPECIALS))]
+    spec.register_vocabulary(tokens)
+    spec.config.bos_token, spec.config.eos_token, spec.config.unk_token = SPECIALS[0], SPECIALS[4], SPECIALS[1]
+    spec.config.layer_norm_epsilon = 1e-5
+    spec.validate()
+    # optimize() would only compare every same-shaped pair of weights for aliasing: minutes at 8B.
+    path.mkdir(parents=True, exist_ok=True)
+    spec.save(str(path))
+    _tokenizer(path, tokens)
+    del ctranslate2
+    return read
+
+
+def _tokenizer(path: Path, tokens: list[str]) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token=SPECIALS[1]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.add_special_tokens(SPECIALS)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIALS[0], eos_token=SPECIALS[4])
+    fast.chat_template = TEMPLATE
+    fast.save_pretrained(str(path))
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": [tokens.index(SPECIALS[1]), tokens.index(SPECIALS[4])]}))
+
+
+def bandwidth_gbs(device: str) -> float | None:
+    """Device-to-device copy bandwidth (bytes read + written), through torch if it is there."""
+    if device != "cuda":
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    for _ in range(3):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(20):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    gbs = 2 * 20 * x.numel() / (time.perf_counter() - t) / 1e9
+    del x, y
+    torch.cuda.empty_cache()
+    return gbs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="/tmp/llama3-8b-shape")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--small", action="store_true")
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    shape = SMALL if args.small else LLAMA3_8B
+    t0 = time.perf_counter()
+    per_token = build(Path(args.model), shape)
+    built_s = time.perf_counter() - t0
+    bw = bandwidth_gbs(args.device)
+
+    import ctranslate2
+
+    from ct2_magics.session import Session
+
+    session = Session()
+    t0 = time.perf_counter()
+    session.load(args.model, device=args.device, compute_type="int8_float16" if args.device == "cuda" else "int8")
+    load_s = time.perf_counter() - t0
+    engine = session.engine
+    prompt = "w1 w2 w3 w4 w5 w6 w7 w8 " * 8
+    ids = engine.prompt_ids([{"role": "user", "content": prompt}])
+    toks = engine.tokenizer.convert_ids_to_tokens(ids)
+    gen = engine.generator
+
+    def bare() -> tuple[float, float, int]:
+        t = time.perf_counter()
+        first, n = None, 0
+        for step in gen.generate_tokens(toks, max_length=args.tokens, sampling_topk=1, end_token=[]):
+            n += 1
+            if first is None:
+                first = time.perf_counter() - t
+        total = time.perf_counter() - t
+        return (n - 1) / (total - first), first, n
+
+    def ours() -> tuple[float, float, int]:
+        engine.end_tokens = []  # same length as the bare loop: random weights may pick an end token
+        r = session.stream(prompt, once=True, temperature=0, max_tokens=args.tokens)
+        r.consume()
+        return r.stats.tokens_per_s, r.stats.first_token_s, r.stats.reply_tokens
+
+    bare(), ours()  # warm-up
+    results = {"bare": [], "ours": []}
+    for _ in range(args.runs):
+        results["bare"].append(bare())
+        results["ours"].append(ours())
+    med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for k, v in results.items()}
+    name = "cpu"
+    if args.device == "cuda":
+        import subprocess
+
+        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    limit = bw / 2 * 1e9 / per_token if bw else None  # copy counts read + write; decode only reads
+    report = {
+        "device": name, "shape": shape, "ctranslate2": ctranslate2.__version__, "compute_type": engine.compute_type,
+        "weight_bytes_read_per_token": per_token, "build_s": round(built_s, 1), "load_s": round(load_s, 1),
+        "copy_bandwidth_GBps": None if bw is None else round(bw, 1),
+        "bandwidth_limit_tokens_per_s": None if limit is None else round(limit, 1),
+        "bare_tokens_per_s": round(med["bare"][0], 2), "ours_tokens_per_s": round(med["ours"][0], 2),
+        "ratio_ours_over_bare": round(med["ours"][0] / med["bare"][0], 4),
+        "bare_first_token_ms": round(med["bare"][1] * 1000, 2), "ours_first_token_ms": round(med["ours"][1] * 1000, 2),
+        "tokens": args.tokens, "runs": args.runs, "raw": results,
+    }
+    print(json.dumps({k: v for k, v in report.items() if k != "raw"}, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
