@@ -61,27 +61,30 @@ class Response:
         self.engine = session.ensure_engine()
         self.sampling: Sampling = resolve_sampling(req.options, session.settings, self.engine.defaults)
         self.chat: Chat | None = None if req.once else session.chats.get(req.chat)
+        self.replace_at: int | None = None
         if self.chat is not None:
-            if req.new:
-                self.chat.reset()
-            if req.system is not None:
-                self.chat.set_system(req.system)
-            self.replace_at = self.chat.index_of_cell(req.cell_id)
-            history = self.chat.messages(before=self.replace_at)
+            system = req.system if req.system is not None else self.chat.system
+            if not req.new:
+                self.replace_at = self.chat.index_of_cell(req.cell_id)
+            turns = [] if req.new else self.chat.turns[: self.replace_at]
+            history = ([{"role": "system", "content": system}] if system else []) + [m for t in turns for m in t.messages()]
         else:
             system = req.system if req.system is not None else session.settings.system
             history = [{"role": "system", "content": system}] if system else []
         messages = history + [{"role": "user", "content": req.prompt}]
-        budget = min(session.settings.max_context, self.engine.context_length) - self.sampling.max_tokens
+        context = min(session.settings.max_context, self.engine.context_length)
+        budget = context - self.sampling.max_tokens
         if budget <= 0:
-            raise LlamaError(
-                f"max_tokens ({self.sampling.max_tokens}) leaves no room for the prompt in a "
-                f"{min(session.settings.max_context, self.engine.context_length)}-token context; lower -n."
-            )
+            raise LlamaError(f"max_tokens ({self.sampling.max_tokens}) leaves no room for the prompt in a {context}-token context; lower -n.")
         messages, dropped = fit_to_context(messages, self.engine.count_tokens, budget)
         if dropped:
             self.notices.append(f"Left the {dropped} oldest exchange(s) of chat {req.chat!r} out of the prompt to fit {budget} tokens.")
         self.prompt_ids = self.engine.prompt_ids(messages)
+        # Only now, with every check passed, change the chat: a bad request never costs its history.
+        if self.chat is not None and req.new:
+            self.chat.reset()
+        if self.chat is not None and req.system is not None:
+            self.chat.set_system(req.system)
 
     @property
     def model_info(self) -> dict[str, Any]:

@@ -116,3 +116,13 @@ def test_python_api_errors_are_one_line_in_a_cell(shell, capsys):
     result = run(shell, "from ct2_magics import llama\nllama.history('nowhere')")
     err = capsys.readouterr().err
     assert result.error_in_exec is not None and err.strip().startswith("LlamaError: ") and err.count("\n") == 1
+
+
+def test_a_failing_new_request_keeps_the_chat(shell, llama, capsys):
+    shell.run_line_magic("llama", "load demo")
+    shell.run_line_magic("config", "LlamaSettings.max_context = 256")
+    run(shell, '%%llama -s "Be kind." -n 3\nkeep me')
+    before = list(llama.chat().turns)
+    result = run(shell, '%%llama --new -s "Other." -n 3\n' + "word " * 2000)
+    assert isinstance(result.error_in_exec, UsageError)
+    assert llama.chat().turns == before and llama.chat().system == "Be kind."
