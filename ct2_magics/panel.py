@@ -1,0 +1,299 @@
+"""The ipywidgets chat panel: a thin view over one chat of the session; replies stream on a worker thread."""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from typing import Any, Callable
+
+import ipywidgets as widgets
+
+from .conversation import Chat, Turn
+from .errors import LlamaError
+from .render import close_open_fence, with_mark
+from .session import Request, Response, Session
+
+# The shortcut appends this to the input and fires its input event: the send signal then rides in the same
+# ordered state sync as the text, where a click (a custom message) could overtake text the front end still buffers.
+SEND_KEY = "\x04"
+SHORTCUT = "Ctrl+Enter"
+NUMBERS = ("temperature", "top_p", "top_k", "max_tokens")
+
+_CSS = """
+.ct2-panel { max-width: 64rem; } .ct2-panel .ct2-msg .jp-OutputArea-prompt { display: none; }
+.ct2-panel .ct2-msg { border-radius: 6px; padding: 2px 12px; margin: 4px 0; box-sizing: border-box; }
+.ct2-panel .ct2-msg::before { display: block; padding-top: 4px; font-size: var(--jp-ui-font-size0); font-weight: 600;
+  letter-spacing: .04em; text-transform: uppercase; color: var(--jp-ui-font-color2); }
+.ct2-panel .ct2-user { background: var(--jp-layout-color2); margin-left: 15%; width: 85%; }
+.ct2-panel .ct2-user::before { content: "You"; } .ct2-panel .ct2-assistant::before { content: "Llama"; }
+.ct2-panel .ct2-assistant { border-left: 3px solid var(--jp-brand-color1); }
+.ct2-panel .ct2-status { color: var(--jp-ui-font-color2); white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.ct2-panel .ct2-status.ct2-error { color: var(--jp-error-color1); }
+"""
+
+# Installed once per page in the capture phase of `window`, before JupyterLab's own Ctrl+Enter (run cell) sees it.
+_KEYS_JS = """if(!window.__ct2ChatKeys){window.__ct2ChatKeys=true;window.addEventListener('keydown',function(e){
+if(e.key!=='Enter'||!(e.ctrlKey||e.metaKey)||e.altKey)return;var t=e.target;
+if(!t||t.tagName!=='TEXTAREA'||!t.closest('.ct2-input'))return;
+e.preventDefault();e.stopImmediatePropagation();t.value+=String.fromCharCode(4);
+t.dispatchEvent(new Event('input',{bubbles:true}));},true);}"""
+
+# ipywidgets' HTML widget sets innerHTML as is: the style applies and the image's error handler runs the script.
+_ASSETS = f'<style>{_CSS}</style><img src="data:," alt="" style="display:none" onerror="{html.escape(_KEYS_JS)}">'
+
+
+def _number(text: str) -> Any:
+    try:
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    except ValueError:
+        return text  # the session says what is wrong with it, in one line
+
+
+def _markdown(role: str, text: str) -> dict[str, Any]:
+    return {"output_type": "display_data", "data": {"text/markdown": text, "text/plain": text}, "metadata": {"role": role}}
+
+
+class ChatPanel:
+    """A chat view over `session.chat(name)`: messages, input, Send/Stop/Retry/Undo/New chat, settings, status."""
+
+    def __init__(self, session: Session, chat: str = "default") -> None:
+        self.session = session
+        self.chat: Chat = session.chat(chat)
+        self._lock = threading.RLock()
+        self._worker: threading.Thread | None = None
+        self._response: Response | None = None  # set once the worker has built it
+        self._pending: str | None = None  # the user text this panel is asking about, until its turn is recorded
+        self._waiting = self._stop_asked = self._closed = False
+        self._boxes: list[widgets.Output] = []
+        self._shown: list[tuple[str, str]] = []
+        self._build()
+        self._unobserve = self.chat.observe(self._on_chat_changed)
+        self._refresh()
+        self._say(self._idle_line())
+
+    def _build(self) -> None:
+        box = widgets.Layout
+        self.messages = widgets.VBox(layout=box(width="100%", flex="0 0 auto"))
+        # column-reverse keeps the scroll pinned to the newest message while a reply grows
+        scroller = widgets.Box([self.messages], layout=box(display="flex", flex_flow="column-reverse",
+                                                           max_height="32rem", overflow_y="auto"))
+        self.input = widgets.Textarea(placeholder="Message…", rows=3, continuous_update=True,
+                                      tooltip=f"{SHORTCUT} sends", layout=box(width="100%")).add_class("ct2-input")
+        self.input.observe(self._on_input, "value")
+        self.send_button = self._button("Send", lambda: self.send(), "primary", f"Send ({SHORTCUT})").add_class("ct2-send")
+        self.stop_button = self._button("Stop", self.stop, "warning", "Stop the model now; the partial answer is kept")
+        self.retry_button = self._button("Retry", self.retry, "", "Ask the last question again")
+        self.undo_button = self._button("Undo", self.undo, "", "Drop the last exchange")
+        self.new_chat_button = self._button("New chat", self.new_chat, "", "Clear this chat's history")
+        self.status = widgets.Label(layout=box(width="100%")).add_class("ct2-status")
+        self.system_prompt = widgets.Textarea(value=self.chat.system or "", description="System prompt", placeholder="none",
+                                              rows=2, continuous_update=False, style={"description_width": "8rem"},
+                                              layout=box(width="100%"))
+        self.system_prompt.observe(lambda _change: self._apply_system(), "value")
+        for name in NUMBERS:
+            setattr(self, name, widgets.Text(description=name.replace("_", " " if name == "max_tokens" else "-"),
+                                             placeholder="model default", continuous_update=False,
+                                             style={"description_width": "initial"}, layout=box(width="13rem")))
+        numbers = widgets.HBox([getattr(self, n) for n in NUMBERS], layout=box(flex_flow="row wrap"))
+        self.settings = widgets.Accordion([widgets.VBox([self.system_prompt, numbers])], titles=("Settings",),
+                                          selected_index=None)
+        buttons = widgets.HBox([self.send_button, self.stop_button, self.retry_button, self.undo_button,
+                                self.new_chat_button], layout=box(flex_flow="row wrap"))
+        assets = widgets.HTML(_ASSETS, layout=box(display="none"))
+        self.root = widgets.VBox([assets, scroller, self.input, buttons, self.status, self.settings]).add_class("ct2-panel")
+        self.root.observe(lambda change: self.close() if change["new"] is None else None, "comm")
+
+    def _button(self, label: str, action: Callable[[], Any], style: str, tip: str) -> widgets.Button:
+        button = widgets.Button(description=label, button_style=style, tooltip=tip)
+        button.on_click(lambda _button: action())
+        return button
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.root._repr_mimebundle_(**kwargs)
+
+    @property
+    def busy(self) -> bool:
+        """Whether this panel is asking the model (from Send until the reply is recorded)."""
+        return self._pending is not None
+
+    def send(self, text: str | None = None, *, _restore: Turn | None = None) -> bool:
+        """Ask `text` (default: the input box, which is then cleared) on a worker thread; False if nothing was sent."""
+        from_input = text is None
+        text = (self.input.value if text is None else text).replace(SEND_KEY, "")
+        self._apply_system()
+        with self._lock:
+            if self.busy or not text.strip():
+                self._say("Still answering; press Stop first." if self.busy else "Type a message first.", error=True)
+                return False
+            options = {n: _number(getattr(self, n).value.strip()) for n in NUMBERS if getattr(self, n).value.strip()}
+            self._pending, self._response, self._waiting, self._stop_asked = text, None, False, False
+            if from_input:
+                self.input.value = ""
+            self._refresh()
+            self._say("loading the model…" if self.session.engine is None else "thinking…")
+            self._worker = threading.Thread(target=self._work, args=(text, options, _restore), daemon=True,
+                                            name=f"ct2-panel-{self.chat.name}")
+            self._worker.start()
+        return True
+
+    def stop(self) -> None:
+        """Stop the model within a step; the partial answer is kept, marked stopped."""
+        with self._lock:
+            self._stop_asked = self.busy
+            response = self._response
+        if response is not None:
+            response.stop()
+
+    def retry(self) -> bool:
+        """Regenerate the last answer: drop the last exchange and ask its question again."""
+        turn = self._edit(self.chat.undo)
+        return turn is not None and self.send(turn.user, _restore=turn)
+
+    def undo(self) -> None:
+        """Drop the last exchange of the chat."""
+        if self._edit(self.chat.undo) is not None:
+            self._say("Removed the last exchange.")
+
+    def new_chat(self) -> None:
+        """Clear the chat's history (its system prompt stays)."""
+        if self._edit(self.chat.reset) is not None:
+            self._say("New chat.")
+
+    def _edit(self, change: Callable[[], Any]) -> Any:
+        try:
+            if self.busy:
+                raise LlamaError("Still answering; press Stop first.")
+            result = change()
+            return True if result is None else result
+        except LlamaError as e:
+            self._say(str(e), error=True)
+            return None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the running reply (if any) to be recorded; True when the panel is idle."""
+        if self._worker is not None:
+            self._worker.join(timeout)
+        return not self.busy
+
+    def close(self) -> None:
+        """Stop observing the chat, stop a running reply, and close the widgets."""
+        if self._closed:
+            return
+        self._closed = True
+        self._unobserve()
+        self.stop()
+        todo: list[Any] = [self.root]
+        while todo:
+            w = todo.pop()
+            todo.extend(getattr(w, "children", ()))
+            w.close()
+
+    def _work(self, text: str, options: dict[str, Any], restore: Turn | None) -> None:
+        response: Response | None = None
+        error: str | None = None
+        interval = 1.0 / max(self.session.settings.updates_per_second, 0.1)
+        try:
+            response = self.session.respond(Request(text, chat=self.chat.name, options=options))
+            response.on_waiting = self._on_waiting
+            with self._lock:
+                self._response = response
+                if self._stop_asked:
+                    response.stop()
+            last = 0.0
+            for _ in response:
+                if time.perf_counter() - last >= interval:
+                    last = time.perf_counter()
+                    self._refresh()
+                    self._say(self._line(response))
+        except LlamaError as e:
+            error = str(e)
+        except Exception as e:  # a failure inside generation: one line here; the partial turn is already recorded
+            error = f"{type(e).__name__}: {e}"
+        finally:
+            with self._lock:
+                self._pending, self._response, self._waiting = None, None, False
+            if error is not None and (response is None or response.status == "pending"):
+                if restore is not None:  # a failed retry must not cost the exchange it replaced
+                    self.chat.record(restore)
+                elif not self.input.value:
+                    self.input.value = text
+            self._refresh()
+            self._say(error if error is not None else self._line(response, final=True), error=error is not None)
+
+    def _on_waiting(self, waiting: bool) -> None:
+        self._waiting = waiting
+        self._refresh()
+        self._say("waiting for the model…" if waiting else "thinking…")
+
+    def _items(self) -> list[tuple[str, str]]:
+        response, user = self._response, self._pending
+        asking = user is not None and (response is None or response.status in ("pending", "streaming"))
+        items: list[tuple[str, str]] = []
+        for turn in list(self.chat.turns):
+            items += [("user", turn.user), ("assistant", with_mark(close_open_fence(turn.assistant), turn.status))]
+        if asking:
+            text = response.text if response is not None else ""
+            items += [("user", user), ("assistant", close_open_fence(text) if text else
+                                       "*waiting for the model…*" if self._waiting else "…")]
+        # the user's own line breaks are kept (markdown would join the lines)
+        return [(role, text.replace("\n", "  \n") if role == "user" else text) for role, text in items]
+
+    def _refresh(self) -> None:
+        """Show the chat's turns (and this panel's exchange in flight); enable the buttons that apply now."""
+        with self._lock:
+            if self._closed:
+                return
+            items = self._items()
+            while len(self._boxes) < len(items):
+                self._boxes.append(widgets.Output().add_class("ct2-msg"))
+                self._shown.append(("", ""))
+            for i, (role, text) in enumerate(items):
+                box, (old_role, old_text) = self._boxes[i], self._shown[i]
+                if role != old_role:
+                    box.remove_class(f"ct2-{old_role}")
+                    box.add_class(f"ct2-{role}")
+                if (role, text) != (old_role, old_text):
+                    box.outputs = (_markdown(role, text),)
+                    self._shown[i] = (role, text)
+            extra = self._boxes[len(items):]
+            del self._boxes[len(items):], self._shown[len(items):]
+            if tuple(self.messages.children) != tuple(self._boxes):
+                self.messages.children = tuple(self._boxes)
+            for box in extra:
+                box.close()
+            busy, empty = self.busy, not self.chat.turns
+            self.send_button.disabled, self.stop_button.disabled = busy, not busy
+            for button in (self.retry_button, self.undo_button, self.new_chat_button):
+                button.disabled = busy or empty
+
+    def _say(self, text: str, error: bool = False) -> None:
+        with self._lock:
+            self.status.value = " ".join(str(text).split())  # always one line
+            (self.status.add_class if error else self.status.remove_class)("ct2-error")
+
+    def _idle_line(self) -> str:
+        e = self.session.engine
+        model = f"{e.name} · {e.device} · {e.compute_type}" if e else f"the first message loads {self.session.settings.model}"
+        return f"chat {self.chat.name!r} · {model} · {SHORTCUT} sends"
+
+    def _line(self, response: Response, final: bool = False) -> str:
+        s, e = response.stats, response.engine
+        parts = [e.name, e.device, f"{s.reply_tokens} tokens", f"{s.tokens_per_s:.1f} tokens/s"]
+        if final and response.status != "complete":
+            parts.append(response.status)
+        return " · ".join(parts + (response.notices if final else []))
+
+    def _on_chat_changed(self, chat: Chat) -> None:
+        self._refresh()
+        if (self.system_prompt.value.strip() or None) != chat.system:
+            self.system_prompt.value = chat.system or ""
+
+    def _apply_system(self) -> None:
+        if (value := self.system_prompt.value.strip() or None) != self.chat.system:
+            self.chat.set_system(value)
+
+    def _on_input(self, change: dict[str, Any]) -> None:
+        if SEND_KEY in change["new"]:
+            self.input.value = change["new"].replace(SEND_KEY, "")
+            self.send()

@@ -1,0 +1,246 @@
+"""The chat panel's logic, without a browser: a real shell, real tiny models, the widgets' synced state."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from ct2_magics.render import close_open_fence, with_mark
+from helpers import reference_greedy, run
+
+SCRIPT = "Hello from the panel. This reply streams in small pieces, one token at a time, and then it ends."
+TOKENS = re.compile(r"(\d+) tokens · ([\d.]+) tokens/s")
+
+
+@pytest.fixture
+def panel(llama):
+    """Make panels (llama.panel(...)); all are stopped and closed after the test."""
+    made = []
+
+    def make(chat: str = "default"):
+        p = llama.panel(chat)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.stop()
+        assert p.wait(10), "a panel's worker did not end"
+        p.close()
+
+
+def shown(p) -> list[tuple[str, str]]:
+    """(role, markdown) of every message box, as the front end gets them."""
+    out = []
+    for box in p.messages.children:
+        role = next(c[4:] for c in box._dom_classes if c in ("ct2-user", "ct2-assistant"))
+        (output,) = box.outputs
+        assert output["output_type"] == "display_data"
+        out.append((role, output["data"]["text/markdown"]))
+    return out
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.perf_counter() + timeout
+    while not predicate():
+        if time.perf_counter() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def idle(generator) -> bool:
+    return generator.num_active_batches == 0 and generator.num_queued_batches == 0
+
+
+def test_send_streams_markdown_into_the_messages_and_records_the_turn(llama, panel, script_model):
+    llama.load(str(script_model(SCRIPT)))
+    llama.settings.updates_per_second = 1000
+    p = panel()
+    assert "Ctrl+Enter" in p.status.value and p.input.placeholder == "Message…"
+    assert [b.description for b in (p.send_button, p.stop_button, p.retry_button, p.undo_button,
+                                    p.new_chat_button)] == ["Send", "Stop", "Retry", "Undo", "New chat"]
+    p.temperature.value = "0"
+    p.input.value = "Say hello."
+    assert p.send()
+    assert p.input.value == "" and p.send_button.disabled and not p.stop_button.disabled
+    assert p.retry_button.disabled and p.undo_button.disabled and p.new_chat_button.disabled
+    reply_box = p.messages.children[-1]
+    seen: list[str] = []
+    reply_box.observe(lambda change: seen.append(change["new"][0]["data"]["text/markdown"]), "outputs")
+    assert p.wait(30)
+    assert shown(p) == [("user", "Say hello."), ("assistant", SCRIPT)]
+    assert len(seen) >= 3 and seen[-1] == SCRIPT
+    assert all(SCRIPT.startswith(text) for text in seen), "every update is a prefix of the reply"
+    assert llama.history() == [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": SCRIPT}]
+    tokens, rate = TOKENS.search(p.status.value).groups()
+    assert int(tokens) > 10 and float(rate) > 0 and p.status.value.startswith(llama.engine.name)
+    assert not p.send_button.disabled and p.stop_button.disabled and not p.undo_button.disabled
+    bundle = p._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+def test_settings_reach_the_request(llama, panel, demo_model):
+    llama.load("demo")
+    p = panel()
+    p.temperature.value, p.max_tokens.value = "0", "40"
+    p.send("Tell me about CTranslate2.")
+    assert p.wait(30)
+    assert llama.chat().turns[-1].assistant == reference_greedy(demo_model, [{"role": "user", "content": "Tell me about CTranslate2."}], 40)
+    p.max_tokens.value = "3"
+    p.send("And more?")
+    assert p.wait(30)
+    assert 1 <= int(TOKENS.search(p.status.value).group(1)) <= 3
+    p.max_tokens.value = p.temperature.value = ""  # empty means the model's defaults
+    p.system_prompt.value = "You are terse."
+    assert llama.chat().system == "You are terse."
+    p.send("hi")
+    assert p.wait(30) and llama.history()[0] == {"role": "system", "content": "You are terse."}
+    llama.chat().set_system("Changed from a cell.")
+    assert p.system_prompt.value == "Changed from a cell."
+
+
+def test_stop_ends_decoding_at_once_and_keeps_the_partial_answer(llama, panel, long_model):
+    llama.load(str(long_model))
+    p = panel()
+    p.max_tokens.value = "3000"
+    p.send("Write forever.")
+    reply_box = p.messages.children[-1]
+    updates: list[float] = []
+    reply_box.observe(lambda change: updates.append(time.perf_counter()), "outputs")
+    assert wait_for(lambda: len(llama.chat().turns) == 0 and len(shown(p)[-1][1]) > 40)
+    time.sleep(1.0)
+    started = time.perf_counter()
+    p.stop()
+    assert p.wait(2) and wait_for(lambda: idle(llama.generator), 1.0)
+    stop_s = time.perf_counter() - started
+    assert stop_s < 1.0, f"stopping took {stop_s:.2f}s"
+    turn = llama.chat().turns[-1]
+    assert turn.status == "stopped" and len(turn.assistant) > 40
+    assert shown(p)[-1] == ("assistant", with_mark(close_open_fence(turn.assistant), "stopped"))
+    assert shown(p)[-1][1].endswith("\n\n⏹ *stopped*")
+    assert "stopped" in p.status.value and int(TOKENS.search(p.status.value).group(1)) < 3000
+    assert not p.send_button.disabled and p.stop_button.disabled
+    streaming = [t for t in updates if t < started]
+    span = streaming[-1] - streaming[0]
+    assert len(streaming) <= 15 * span + 3, f"{len(streaming)} updates in {span:.2f}s: not throttled"
+
+
+def test_retry_undo_and_new_chat(llama, panel):
+    llama.load("demo")
+    p = panel()
+    p.temperature.value, p.max_tokens.value = "0", "8"
+    for text in ("first", "second"):
+        p.send(text)
+        assert p.wait(30)
+    answer = llama.chat().turns[-1].assistant
+    assert p.retry() and p.wait(30)
+    assert [t.user for t in llama.chat().turns] == ["first", "second"]
+    assert llama.chat().turns[-1].assistant == answer  # greedy: the same answer again
+    p.undo()
+    assert [t.user for t in llama.chat().turns] == ["first"] and [r for r, _ in shown(p)] == ["user", "assistant"]
+    p.new_chat()
+    assert llama.chat().turns == [] and shown(p) == []
+    assert p.retry_button.disabled and p.undo_button.disabled and p.new_chat_button.disabled
+    p.undo()
+    assert "empty" in p.status.value and "ct2-error" in p.status._dom_classes
+
+
+def test_the_panel_and_the_magic_share_one_conversation(shell, llama, panel):
+    shell.run_line_magic("llama", "load demo")
+    p = panel()
+    assert run(shell, "%%llama -n 5\nfrom a cell").success
+    assert [r for r, _ in shown(p)] == ["user", "assistant"] and shown(p)[0] == ("user", "from a cell")
+    assert shown(p)[1][1] == llama.chat().turns[0].assistant
+    p.max_tokens.value = "5"
+    p.send("from the panel")
+    assert p.wait(30)
+    assert run(shell, "%%llama -n 5\nand a follow-up").success
+    users = [m["content"] for m in llama.history() if m["role"] == "user"]
+    assert users == ["from a cell", "from the panel", "and a follow-up"]
+    assert [text for role, text in shown(p) if role == "user"] == users
+    data, _ = shell.display_formatter.format(p)  # `llama.panel()` as a cell's last line
+    assert "application/vnd.jupyter.widget-view+json" in data
+    shell.display_pub.outputs.clear()
+    assert run(shell, "%llama chat --chat side").success
+    (out,) = shell.display_pub.outputs
+    assert "application/vnd.jupyter.widget-view+json" in out["data"]
+    assert "side" in [c.name for c in llama.chats]
+
+
+def test_several_panels_update_together_and_closing_unsubscribes(llama, panel):
+    llama.load("demo")
+    one, two, other = panel(), panel(), panel("other")
+    observers = len(llama.chat()._observers)
+    one.max_tokens.value = "6"
+    one.send("hi")
+    assert one.wait(30)
+    assert shown(two) == shown(one) and len(shown(one)) == 2 and shown(other) == []
+    assert not two.undo_button.disabled
+    two.close()
+    assert len(llama.chat()._observers) == observers - 1
+    one.root.close()  # closing the widget (e.g. from the front end) unsubscribes the panel too
+    assert len(llama.chat()._observers) == observers - 2
+    llama.ask("more", max_tokens=3)
+    assert len(two.messages.children) == 2 and len(one.messages.children) == 2
+
+
+def test_a_busy_model_shows_waiting_then_answers(llama, panel, long_model):
+    llama.load(str(long_model))
+    first, second = panel(), panel("other")
+    first.max_tokens.value, second.max_tokens.value = "3000", "5"
+    first.send("Write forever.")
+    assert wait_for(lambda: llama.engine.lock.locked() and len(shown(first)[-1][1]) > 5)
+    second.send("My turn?")
+    assert wait_for(lambda: second.status.value == "waiting for the model…")
+    assert shown(second)[-1] == ("assistant", "*waiting for the model…*")
+    first.stop()
+    assert first.wait(5) and second.wait(30)
+    assert llama.chat("other").turns[-1].status == "complete" and TOKENS.search(second.status.value)
+
+
+def test_the_shortcut_key_sends_what_was_typed(llama, panel):
+    from ct2_magics.panel import SEND_KEY
+
+    llama.load("demo")
+    p = panel()
+    p.max_tokens.value = "4"
+    p.input.value = "typed text" + SEND_KEY  # what the front end's Ctrl+Enter syncs
+    assert p.input.value == "" and p.busy
+    assert p.wait(30) and llama.chat().turns[-1].user == "typed text"
+
+
+def test_errors_show_one_line_and_keep_the_history(shell, llama, panel, monkeypatch, request):
+    shell.run_line_magic("config", "LlamaSettings.model = '/no/such/dir'")
+    request.addfinalizer(lambda: shell.config.LlamaSettings.pop("model", None))
+    p = panel()
+    assert "/no/such/dir" in p.status.value
+    p.input.value = "hello?"
+    p.send()
+    assert p.wait(30)
+    assert "No such directory: /no/such/dir" in p.status.value and "\n" not in p.status.value
+    assert "ct2-error" in p.status._dom_classes and p.input.value == "hello?" and shown(p) == []
+
+    llama.load("demo")
+    p.max_tokens.value = "5"
+    p.send()
+    assert p.wait(30) and "ct2-error" not in p.status._dom_classes and len(llama.chat().turns) == 1
+    p.temperature.value = "warm"
+    p.send("bad setting")
+    assert p.wait(30) and p.status.value == "temperature must be a number; got 'warm'."
+    assert p.retry() and p.wait(30)  # a failed retry puts the exchange back
+    assert [t.user for t in llama.chat().turns] == ["hello?"] and len(shown(p)) == 2
+    p.temperature.value = ""
+
+    def broken(prompt_ids, sampling, stats, stop):
+        yield "partial "
+        raise RuntimeError("the decoder failed\nwith a long story")
+
+    monkeypatch.setattr(llama.engine, "stream", broken)
+    p.send("boom")
+    assert p.wait(30)
+    assert p.status.value == "RuntimeError: the decoder failed with a long story"
+    assert llama.chat().turns[-1].status == "interrupted" and llama.chat().turns[-1].assistant == "partial "
+    assert shown(p)[-1] == ("assistant", "partial \n\n⏹ *interrupted*")
