@@ -8,22 +8,22 @@ import sys
 import time
 from typing import Any
 
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.MULTILINE)
+_FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,})(.*)$", re.MULTILINE)  # any indent: fences nest in list items
 _MARKS = {"interrupted": "⏹ *interrupted*", "stopped": "⏹ *stopped*"}
 
 
 def close_open_fence(text: str) -> str:
     """Close a code fence the model has opened but not yet closed, so the partial reply renders as code."""
-    opener = None
+    opener: tuple[str, str] | None = None  # (indent, fence)
     for m in _FENCE.finditer(text):
-        fence = m.group(1)
+        indent, fence, rest = m.groups()
         if opener is None:
-            opener = fence
-        elif fence[0] == opener[0] and len(fence) >= len(opener):
+            opener = (indent, fence)
+        elif fence[0] == opener[1][0] and len(fence) >= len(opener[1]) and not rest.strip():
             opener = None
     if opener is None:
         return text
-    return text + ("" if text.endswith("\n") else "\n") + opener
+    return text + ("" if text.endswith("\n") else "\n") + opener[0] + opener[1]
 
 
 def wants_markdown(shell: Any, mode: str = "auto") -> bool:
@@ -156,7 +156,7 @@ def code_block(text: str) -> str | None:
     opener = _FENCE.search(text)
     if opener is None:
         return None
-    fence = opener.group(1)
+    fence = opener.group(2)
     body_start = text.find("\n", opener.end())
     if body_start < 0:
         return None

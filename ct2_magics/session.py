@@ -122,6 +122,7 @@ class Response:
         if waited:
             self.on_waiting(False)
         self.status = "streaming"
+        self.session.active.add(self)
         try:
             for piece in engine.stream(self.prompt_ids, self.sampling, self.stats, self._stop):
                 self.text += piece
@@ -134,6 +135,7 @@ class Response:
             self._finish("interrupted")
             raise
         finally:
+            self.session.active.discard(self)
             engine.lock.release()
 
     def stop(self) -> None:
@@ -168,6 +170,7 @@ class Session:
         self.engine = None
         self.chats = Chats(default_system=lambda: self.settings.system)
         self._load_lock = threading.RLock()
+        self.active: set[Response] = set()  # replies streaming now (at most one per engine)
         self.notify: Callable[[str], None] = lambda line: None  # one-line notices; the magics set a printer
 
     # -- model --------------------------------------------------------------------------------
@@ -185,6 +188,7 @@ class Session:
             if old is not None and (old.name, old.requested, old.revision) == (model, (device, compute_type), revision):
                 return old
             path = hub.resolve(model, revision=revision)
+            self.stop_all()
             room = _Room(old)
             try:
                 engine = Engine(path, name=model, device=device, compute_type=compute_type,
@@ -204,7 +208,13 @@ class Session:
             self.notify(line)
         return engine
 
+    def stop_all(self) -> None:
+        """Stop every reply that is streaming (the panel's too), so the model can be freed or replaced."""
+        for response in list(self.active):
+            response.stop()
+
     def unload(self) -> bool:
+        self.stop_all()
         with self._load_lock:
             engine, self.engine = self.engine, None
         if engine is None:

@@ -216,3 +216,14 @@ def test_terminal_shell_prints_plain_text(ipython, demo_model, capfd):
     finally:
         ipython.run_line_magic("unload_ext", "ct2_magics")
         session.drop_session()
+
+
+def test_close_open_fence_cases():
+    from ct2_magics.render import close_open_fence
+
+    assert close_open_fence("a\n```py\nx") == "a\n```py\nx\n```"
+    assert close_open_fence("a\n```py\nx\n```\n") == "a\n```py\nx\n```\n"
+    assert close_open_fence("- item\n    ```py\n    x = 1") == "- item\n    ```py\n    x = 1\n    ```"
+    assert close_open_fence("```\n```python\n") == "```\n```python\n```"
+    assert close_open_fence("~~~\n```\n") == "~~~\n```\n~~~"
+    assert close_open_fence("no code") == "no code"

@@ -244,3 +244,21 @@ def test_errors_show_one_line_and_keep_the_history(shell, llama, panel, monkeypa
     assert p.status.value == "RuntimeError: the decoder failed with a long story"
     assert llama.chat().turns[-1].status == "interrupted" and llama.chat().turns[-1].assistant == "partial "
     assert shown(p)[-1] == ("assistant", "partial \n\n⏹ *interrupted*")
+
+
+def test_unloading_while_the_panel_streams_stops_it_first(shell, llama, long_model):
+    import time
+
+    llama.load(str(long_model))
+    panel = llama.panel()
+    panel.max_tokens.value = "3000"
+    panel.send("write forever")
+    deadline = time.perf_counter() + 10
+    while not llama.active and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    started = time.perf_counter()
+    llama.unload()
+    assert time.perf_counter() - started < 2
+    assert panel.wait(5)
+    assert llama.chat().turns[-1].status == "stopped"
+    panel.close()
