@@ -88,6 +88,7 @@ class Chats:
         self._chats: dict[str, Chat] = {}
         self._lock = threading.RLock()
         self._default_system = default_system
+        self.on_new: list[Callable[[Chat], None]] = []  # told of each chat created, e.g. to save it as it changes
 
     def get(self, name: str = "default", create: bool = True) -> Chat:
         name = (name or "default").strip()
@@ -96,7 +97,12 @@ class Chats:
                 if not create:
                     known = ", ".join(sorted(self._chats)) or "none yet"
                     raise LlamaError(f"There is no chat named {name!r}; chats: {known}.")
-                self._chats[name] = Chat(name, system=self._default_system())
+                chat = self._chats[name] = Chat(name, system=self._default_system())
+                for fn in list(self.on_new):
+                    try:
+                        fn(chat)
+                    except Exception:  # a broken listener must never stop a chat from being made
+                        pass
             return self._chats[name]
 
     def __iter__(self):

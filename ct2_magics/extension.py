@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
 
 from .errors import LlamaError
+
+if TYPE_CHECKING:
+    from .session import Session
+    from .store import AutoSaver
 
 _state: dict[int, dict[str, Any]] = {}
 
@@ -13,6 +19,27 @@ _state: dict[int, dict[str, Any]] = {}
 def _show_llama_error(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> None:
     # llama.ask(...) and friends in a cell: one line, as for a magic's usage error.
     print(f"{etype.__name__}: {value}", file=sys.stderr)
+
+
+def _is_real_failure(error: BaseException | None) -> bool:
+    # Usage errors and one-line LlamaErrors are shown without a traceback: nothing there to explain.
+    return error is not None and not isinstance(error, (UsageError, KeyboardInterrupt, LlamaError))
+
+
+def _start_autosave(shell: Any, session: Session) -> AutoSaver | None:
+    """Restore this notebook's saved chats and save them as they change; None outside a notebook."""
+    from .store import AutoSaver, count, notebook_of
+
+    notebook = notebook_of(shell)
+    if notebook is None:
+        return None
+    saver = AutoSaver(session, notebook)
+    if session.settings.autosave:
+        back = saver.restore()
+        if back and not session.settings.quiet:
+            session.notify(f"Restored {count(back)} saved for this notebook.")
+    saver.start()
+    return saver
 
 
 def load(shell: Any) -> None:
@@ -31,12 +58,22 @@ def load(shell: Any) -> None:
     def remember_cell(info: Any) -> None:
         magics.cell_id = getattr(info, "cell_id", None)
 
+    def remember_error(result: Any) -> None:
+        # Recorded after every cell, so %llama explain finds the last real failure even when another
+        # magic's usage error came after it.
+        error = result.error_in_exec or result.error_before_exec
+        if _is_real_failure(error):
+            magics._last_error = error
+
     shell.events.register("pre_run_cell", remember_cell)
+    shell.events.register("post_run_cell", remember_error)
     session.notify = print
+    saver = _start_autosave(shell, session)
     custom = not shell.custom_exceptions
     if custom:
         shell.set_custom_exc((LlamaError,), _show_llama_error)
-    _state[id(shell)] = {"magics": magics, "hook": remember_cell, "custom_exc": custom, "session": session}
+    _state[id(shell)] = {"magics": magics, "hook": remember_cell, "error_hook": remember_error, "custom_exc": custom,
+                         "session": session, "saver": saver}
 
 
 def unload(shell: Any) -> None:
@@ -48,6 +85,9 @@ def unload(shell: Any) -> None:
         manager.magics[kind].pop("llama", None)
     manager.registry.pop(type(state["magics"]).__name__, None)
     shell.events.unregister("pre_run_cell", state["hook"])
+    shell.events.unregister("post_run_cell", state["error_hook"])
+    if state["saver"] is not None:
+        state["saver"].stop()
     session = state["session"]
     if session.settings in shell.configurables:
         shell.configurables.remove(session.settings)

@@ -42,6 +42,8 @@ HELP = """\
 %llama history [--chat NAME]   %llama reset [--chat NAME]   %llama undo [--chat NAME]
 %llama system TEXT [--chat NAME]   set a chat's system prompt (empty TEXT clears it)
 %llama chat [--chat NAME]  open the chat panel
+%llama save FILE [--chat NAME]     write the chats (or one) to JSON; a notebook's chats also save as they change
+%llama restore FILE [--chat NAME]  read chats back from FILE, replacing those of the same name
 %llama convert SOURCE OUTPUT [--quantization Q] [--revision R] [--force]
 %llama help              this text
 Defaults: %config LlamaSettings (e.g. %config LlamaSettings.max_tokens = 256)"""
@@ -102,6 +104,10 @@ def _line_parsers() -> dict[str, MagicArgumentParser]:
     convert.add_argument("--quantization", default="int8_float16")
     convert.add_argument("--revision")
     convert.add_argument("--force", action="store_true")
+    for name in ("save", "restore"):
+        parsers[name] = _parser(f"%llama {name}")
+        parsers[name].add_argument("file")
+        parsers[name].add_argument("--chat")
     for name in ("unload", "status", "help"):
         parsers[name] = _parser(f"%llama {name}")
     return parsers
@@ -233,6 +239,31 @@ class LlamaMagics(Magics):
         from IPython.display import display
 
         display(self.session.panel(args.chat))
+
+    def _cmd_save(self, args: Any) -> None:
+        from . import store
+
+        chats = [self.session.chat(args.chat, create=False)] if args.chat else list(self.session.chats)
+        try:
+            store.write(args.file, chats, store.notebook_of(self.shell))
+        except OSError as e:
+            raise LlamaError(f"Could not write {args.file} ({e.strerror or e}).") from None
+        print(f"Saved {store.count(chats)} to {args.file}.")
+
+    def _cmd_restore(self, args: Any) -> None:
+        from . import store
+
+        try:
+            saved = store.read(args.file)
+        except store.Unreadable as e:
+            raise LlamaError(f"Could not read {args.file} ({e}).") from None
+        if args.chat:
+            saved = [c for c in saved if c.name == args.chat.strip()]
+            if not saved:
+                raise LlamaError(f"{args.file} holds no chat named {args.chat!r}.")
+        replaced = [c.name for c in saved if store.put(self.session.chats, c)]
+        note = f" Replaced what chat {', '.join(map(repr, replaced))} held before." if replaced else ""
+        print(f"Restored {store.count(saved)} from {args.file}.{note}")
 
     def _remember_error(self) -> None:
         """Note the last error shown with a traceback (IPython keeps it in sys.last_value) for %llama explain."""

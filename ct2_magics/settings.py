@@ -31,9 +31,12 @@ class LlamaSettings(Configurable):
     max_tokens = CInt(None, allow_none=True, help="Most tokens in one reply.").tag(config=True)
     repetition_penalty = CFloat(None, allow_none=True).tag(config=True)
     max_context = CInt(8192, help="Most prompt+reply tokens; older turns are left out to fit.").tag(config=True)
+    batch_size = CInt(16, help="Prompts decoded together by llama.generate and llama.map.").tag(config=True)
     updates_per_second = CFloat(15.0, help="Most display updates per second while streaming.").tag(config=True)
     render = Enum(["auto", "markdown", "text"], "auto", help="How replies show in a cell.").tag(config=True)
     quiet = Bool(False, help="Hide one-line notices (compute type changes, trimmed context).").tag(config=True)
+    autosave = Bool(True, help="Save each notebook's chats as they change and restore them when the extension "
+                    "loads in that notebook again (in the user's data directory; env CT2_MAGICS_DATA).").tag(config=True)
 
     @default("model")
     def _default_model(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -37,3 +38,13 @@ def reference_greedy(model_dir: Any, messages: list[dict], max_tokens: int) -> s
     res = gen.generate_batch([tok.convert_ids_to_tokens(ids)], max_length=max_tokens, sampling_topk=1,
                              end_token=end, include_prompt_in_result=False)
     return tok.decode(res[0].sequences_ids[0], skip_special_tokens=True)
+
+
+def wait_idle(generator: Any, timeout: float = 2.0) -> bool:
+    """True once CTranslate2 has no active or queued batch (decoding really stopped) within `timeout`."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if generator.num_active_batches == 0 and generator.num_queued_batches == 0:
+            return True
+        time.sleep(0.002)
+    return False

@@ -6,22 +6,11 @@ import os
 import random
 import signal
 import threading
-import time
 
-import pytest
 
-from helpers import run
+from helpers import wait_idle, run
 
 SCRIPT = "Alpha beta gamma delta."
-
-
-def _idle(generator, timeout: float) -> bool:
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        if generator.num_active_batches == 0 and generator.num_queued_batches == 0:
-            return True
-        time.sleep(0.002)
-    return False
 
 
 def test_interrupts_at_fifty_random_points(shell, llama, long_model):
@@ -38,7 +27,7 @@ def test_interrupts_at_fifty_random_points(shell, llama, long_model):
             timer.join()
         except KeyboardInterrupt:  # landed in IPython's own code around the cell, before ours ran
             result = None
-        assert _idle(llama.generator, 0.5), f"decoding still running after interrupt {i} at {delay:.3f}s"
+        assert wait_idle(llama.generator, 0.5), f"decoding still running after interrupt {i} at {delay:.3f}s"
         turns = llama.chat().turns
         if result is None or isinstance(result.error_in_exec, KeyboardInterrupt):
             interrupted += 1

@@ -6,16 +6,7 @@ import _thread
 import threading
 import time
 
-from helpers import reply_outputs, run
-
-
-def _wait_idle(generator, timeout: float = 2.0) -> bool:
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        if generator.num_active_batches == 0 and generator.num_queued_batches == 0:
-            return True
-        time.sleep(0.005)
-    return False
+from helpers import wait_idle, reply_outputs, run
 
 
 def test_interrupt_stops_decoding_and_keeps_the_partial_reply(shell, long_model):
@@ -34,7 +25,7 @@ def test_interrupt_stops_decoding_and_keeps_the_partial_reply(shell, long_model)
     threading.Thread(target=interrupt_when_streaming, daemon=True).start()
     result = run(shell, "%%llama -n 3000\nWrite forever.")
     assert fired.is_set() and isinstance(result.error_in_exec, KeyboardInterrupt)
-    assert _wait_idle(llama.generator, 1.0), "decoding went on after the interrupt"
+    assert wait_idle(llama.generator, 1.0), "decoding went on after the interrupt"
     last = llama.chat().turns[-1]
     assert last.status == "interrupted" and 0 < len(last.assistant)
     final = reply_outputs(shell)[-1]
@@ -55,6 +46,6 @@ def test_closing_a_python_stream_stops_decoding(llama, long_model):
             break
     response.stop()
     response._pieces.close()
-    assert _wait_idle(llama.generator)
+    assert wait_idle(llama.generator)
     assert llama.chat().turns[-1].status == "stopped"
     assert llama.chat().turns[-1].assistant == "".join(pieces)
