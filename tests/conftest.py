@@ -12,9 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Keep the demo model the tests build out of the user's cache, unless CI chose one."""
+    """Keep the models the tests build and the chats they save out of the user's directories."""
     if "CT2_MAGICS_CACHE" not in os.environ:
         os.environ["CT2_MAGICS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ.setdefault("CT2_MAGICS_DATA", str(tmp_path_factory.mktemp("data")))  # saved chats
     return Path(os.environ["CT2_MAGICS_CACHE"])
 
 
