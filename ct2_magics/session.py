@@ -134,8 +134,8 @@ class Response:
             self._finish("interrupted")
             raise
         finally:
+            engine.lock.release()  # first: nothing may stand between a KeyboardInterrupt and this
             self.session.active.discard(self)
-            engine.lock.release()
 
     def stop(self) -> None:
         """Stop decoding within a step; the partial reply is kept, marked stopped."""
@@ -170,6 +170,7 @@ class Session:
         self.chats = Chats(default_system=lambda: self.settings.system)
         self._load_lock = threading.RLock()
         self.active: set[Response] = set()  # replies streaming now (at most one per engine)
+        self.last_errors: list[Any] = []  # per-item failures of the last generate/map
         self.notify: Callable[[str], None] = lambda line: None  # one-line notices; the magics set a printer
 
     # -- model --------------------------------------------------------------------------------

@@ -1,0 +1,219 @@
+"""Many independent one-shot prompts through one batched CTranslate2 call: `llama.generate` and `llama.map`."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import string
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+from .errors import LlamaError
+from .settings import Sampling, resolve_sampling
+
+if TYPE_CHECKING:
+    from .session import Session
+
+ERROR_MODES = ("warn", "raise", "ignore")
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """Why one item got no result: its position, its label (the Series index, else the position) and the reason."""
+
+    position: int
+    label: Any
+    reason: str
+
+
+def generate(session: Session, prompts: Sequence[str], *, system: str | None = None, batch_size: int | None = None,
+             progress: bool | None = None, errors: str = "warn", **settings: Any) -> list[str | None]:
+    """Answer each prompt on its own ([system?, user] through the chat template), batched; replies in input order.
+
+    Failed prompts (too long for the context, not text) come back as None, listed in `session.last_errors`
+    and summarised in one line on stderr (errors="warn"), or raise before anything is generated
+    (errors="raise"), or stay quiet (errors="ignore"). temperature=0 (greedy) gives the same replies
+    as `ask(..., once=True, temperature=0)`, whatever the batch size. A `seed` only takes effect on a
+    freshly loaded model: CTranslate2 seeds each worker thread once (OpenNMT/CTranslate2#1757), so
+    sampled replies are not reproducible call to call.
+    """
+    if isinstance(prompts, str):
+        raise LlamaError("generate takes a list of prompts; for one prompt use llama.ask(prompt, once=True).")
+    texts, problems = _prompts(list(prompts), str)
+    return _run(session, texts, problems, list(range(len(texts))), system=system, batch_size=batch_size,
+                progress=progress, errors=errors, options=settings, what="llama.generate")
+
+
+def map_items(session: Session, items: Iterable[Any], template: str = "{}", *, system: str | None = None,
+              batch_size: int | None = None, progress: bool | None = None, errors: str = "warn", **settings: Any) -> Any:
+    """Fill `template` with each item and answer each; a list, or a Series on the same index for a Series.
+
+    "Summarise: {}" puts the item at {}; a template without {} gets the item appended after a blank
+    line; write literal braces as {{ }}. Missing, empty or non-text items and prompts too long for the
+    context are None; the other options are those of `generate`.
+    """
+    series = _as_series(items)
+    values = list(items) if series is None else series.tolist()
+    labels = list(range(len(values))) if series is None else list(series.index)
+    texts, problems = _prompts(values, _template_filler(template))
+    results = _run(session, texts, problems, labels, system=system, batch_size=batch_size, progress=progress,
+                   errors=errors, options=settings, what="llama.map")
+    if series is None:
+        return results
+    pd = sys.modules["pandas"]
+    return pd.Series(results, index=series.index, name=series.name, dtype=object)
+
+
+def _as_series(items: Any) -> Any:
+    pd = sys.modules.get("pandas")  # only a Series needs pandas, and a Series means pandas is imported
+    if pd is None:
+        return None
+    if isinstance(items, pd.DataFrame):
+        raise LlamaError("map takes one column (df['text']) or a list, not a whole DataFrame.")
+    return items if isinstance(items, pd.Series) else None
+
+
+def _template_filler(template: str) -> Callable[[str], str]:
+    if not isinstance(template, str):
+        raise LlamaError(f"The template must be a string like 'Summarise: {{}}'; got {type(template).__name__}.")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise LlamaError(f"The template {template!r} is not a valid format string ({e}); write literal braces as {{{{ }}}}.") from None
+    if not fields:
+        return lambda text: f"{template.rstrip()}\n\n{text}" if template.strip() else text
+    named = [f for f in fields if f not in ("", "0") and not f.startswith(("0.", "0[", "0!", "0:"))]
+    if named:
+        raise LlamaError(f"The template has a field {{{named[0]}}}; use {{}} for the item, and double literal braces "
+                         f"(JSON examples too): {{{{ }}}}.")
+    try:
+        template.format("x")
+    except (IndexError, KeyError, ValueError, AttributeError) as e:
+        raise LlamaError(f"The template {template!r} cannot be filled ({e}); use {{}} for the item.") from None
+    return template.format
+
+
+def _prompts(values: list[Any], fill: Callable[[str], str]) -> tuple[list[str], dict[int, str]]:
+    """Prompt texts, and for the items that cannot be asked, why (by position)."""
+    texts: list[str] = []
+    problems: dict[int, str] = {}
+    for pos, value in enumerate(values):
+        if isinstance(value, str):
+            text = value
+        elif isinstance(value, numbers.Number) and not (isinstance(value, float) and math.isnan(value)):
+            text = str(value)
+        else:
+            missing = value is None or isinstance(value, float) or type(value).__name__ in ("NAType", "NaTType")
+            problems[pos] = "missing value" if missing else f"not text or a number (a {type(value).__name__})"
+            text = ""
+        if pos not in problems and not text.strip():
+            problems[pos] = "empty text"
+        elif pos not in problems and not _encodable(text):
+            problems[pos] = "holds an invalid character (a lone surrogate)"
+        texts.append(fill(text) if pos not in problems else "")
+    return texts, problems
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _run(session: Session, prompts: list[str], problems: dict[int, str], labels: list[Any], *, system: str | None,
+         batch_size: int | None, progress: bool | None, errors: str, options: dict[str, Any], what: str) -> list[str | None]:
+    if errors not in ERROR_MODES:
+        raise LlamaError(f"errors must be one of {', '.join(ERROR_MODES)}; got {errors!r}.")
+    size = session.settings.batch_size if batch_size is None else batch_size
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise LlamaError(f"batch_size must be a whole number >= 1; got {size!r}.")
+    resolve_sampling(options, session.settings, {})  # a bad option fails before any model loads
+    session.last_errors = []
+    if not prompts:
+        return []
+    engine = session.ensure_engine()
+    sampling = resolve_sampling(options, session.settings, engine.defaults)
+    context = min(session.settings.max_context, engine.context_length)
+    budget = context - sampling.max_tokens
+    if budget <= 0:
+        raise LlamaError(f"max_tokens ({sampling.max_tokens}) leaves no room for a prompt in a {context}-token context; lower max_tokens.")
+    system = system if system is not None else session.settings.system
+    if system and not _encodable(system):
+        raise LlamaError("The system prompt holds an invalid character (a lone surrogate); remove it.")
+    head = [{"role": "system", "content": system}] if system else []
+
+    failures: list[ItemError] = []
+    encoded: dict[int, list[int]] = {}
+    for pos, prompt in enumerate(prompts):
+        if pos in problems:
+            failures.append(ItemError(pos, labels[pos], problems[pos]))
+        else:
+            ids = engine.prompt_ids(head + [{"role": "user", "content": prompt}])
+            if len(ids) > budget:
+                failures.append(ItemError(pos, labels[pos], f"prompt is {len(ids)} tokens; the context allows {budget} "
+                                                            f"({context} minus max_tokens {sampling.max_tokens})"))
+            else:
+                encoded[pos] = ids
+    session.last_errors = failures
+    if failures and errors == "raise":
+        raise LlamaError(f"{what}: {_summary(failures, len(prompts), raised=True)}")
+
+    results: list[str | None] = [None] * len(prompts)
+    # Similar lengths share a batch, so little time goes on padding; results go back by position.
+    order = sorted(encoded, key=lambda p: len(encoded[p]))
+    chunks = [order[i:i + size] for i in range(0, len(order), size)]
+    bar = _progress_bar(len(order), progress if progress is not None else len(chunks) > 1, what)
+    try:
+        for chunk in chunks:
+            # Chunk by chunk: the bar moves, a kernel interrupt lands between chunks, and the magic
+            # or the panel can take its turn on the model during a long job.
+            for pos, reply, reason in _generate_chunk(engine, [encoded[p] for p in chunk], chunk, sampling, size, bar):
+                results[pos] = reply
+                if reason is not None:
+                    failures.append(ItemError(pos, labels[pos], reason))
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    failures.sort(key=lambda f: f.position)
+    if failures and errors == "warn":
+        print(f"{what}: {_summary(failures, len(prompts))}", file=sys.stderr)
+    return results
+
+
+def _generate_chunk(engine: Any, prompts: list[list[int]], positions: list[int], sampling: Sampling, size: int,
+                    bar: Any) -> list[tuple[int, str | None, str | None]]:
+    """(position, reply, None) for each prompt, or (position, None, why) for one that failed."""
+    if not engine.lock.acquire(blocking=False):
+        bar.set_postfix_str("waiting for the model")
+        engine.lock.acquire()
+        bar.set_postfix_str("")
+    try:
+        if engine.generator is None:
+            raise LlamaError("The model was unloaded while the job ran; load it again and rerun.")
+        try:
+            replies = engine.generate_batch(prompts, sampling, size)
+            return [(p, engine.decode(r), None) for p, r in zip(positions, replies)]
+        except RuntimeError as e:  # e.g. out of memory on a GPU: one prompt failing must not lose the others
+            if len(prompts) == 1:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                return [(positions[0], None, f"generation failed ({first})")]
+    finally:
+        engine.lock.release()
+    return [r for one, p in zip(prompts, positions) for r in _generate_chunk(engine, [one], [p], sampling, 1, bar)]
+
+
+def _progress_bar(total: int, show: bool, what: str) -> Any:
+    from tqdm.auto import tqdm  # a widget in a notebook, text in a terminal
+
+    return tqdm(total=total, disable=not show, desc=what, unit="prompt", dynamic_ncols=True)
+
+
+def _summary(failures: list[ItemError], total: int, raised: bool = False) -> str:
+    shown = "; ".join(f"item {f.label!r}: {f.reason}" for f in failures[:3])
+    more = f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
+    if raised:
+        return f"{len(failures)} of {total} items cannot be answered ({shown}{more}); nothing was generated."
+    return f"{len(failures)} of {total} items failed and are None ({shown}{more}); details in llama.last_errors."
