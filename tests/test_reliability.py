@@ -59,13 +59,19 @@ def test_requests_from_many_threads_take_turns(shell, llama, script_model):
         results[name] = response.consume()
 
     threads = [threading.Thread(target=ask, args=(f"t{i}",)) for i in range(4)]
+    panel = llama.panel("from-panel")
+    panel.temperature.value = "0"
     for t in threads:
         t.start()
+    panel.send("go")  # the panel's worker thread, at the same time
     assert run(shell, "%%llama -t 0\ngo").success  # the magic on the main thread, at the same time
     for t in threads:
         t.join(timeout=30)
         assert not t.is_alive(), "deadlock"
+    assert panel.wait(30)
+    panel.close()
     assert results == {f"t{i}": SCRIPT for i in range(4)}
+    assert llama.history("from-panel")[-1]["content"] == SCRIPT
     assert llama.history()[-1]["content"] == SCRIPT
     assert True in waited  # someone saw the model busy and said so
 
