@@ -14,7 +14,8 @@ from IPython.core.magic_arguments import MagicArgumentParser
 
 from . import prompts, render
 from .errors import LlamaError
-from .session import Request, Session
+from .response import Request
+from .session import Session
 
 HELP = """\
 %%llama [options]        ask the model; the cell is the prompt, the reply streams into the cell

@@ -12,7 +12,8 @@ import ipywidgets as widgets
 from .conversation import Chat, Turn
 from .errors import LlamaError
 from .render import close_open_fence, with_mark
-from .session import Request, Response, Session
+from .response import Request, Response
+from .session import Session
 
 # The shortcut appends this to the input and fires its input event: the send signal then rides in the same
 # ordered state sync as the text, where a click (a custom message) could overtake text the front end still buffers.
