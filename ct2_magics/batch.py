@@ -144,6 +144,7 @@ def _run(session: Session, prompts: list[str], problems: dict[int, str], labels:
     if system and not _encodable(system):
         raise LlamaError("The system prompt holds an invalid character (a lone surrogate); remove it.")
     head = [{"role": "system", "content": system}] if system else []
+    engine.register_system(system)
 
     failures: list[ItemError] = []
     encoded: dict[int, list[int]] = {}

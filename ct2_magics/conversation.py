@@ -125,6 +125,8 @@ def fit_to_context(messages: list[Message], count: Callable[[list[Message]], int
     def fits(kept: int) -> bool:
         return count(window(kept)) <= budget
 
+    if fits(total):  # the usual case: the whole chat fits
+        return messages, 0
     if not fits(0):
         raise LlamaError(
             f"The prompt alone is {count(window(0))} tokens, more than the {budget} the context allows; "

@@ -19,6 +19,8 @@ _NEAREST = {
     "cuda": {"int8": "int8_float16", "int8_float32": "int8_float16", "int8_bfloat16": "int8_float16",
              "bfloat16": "float16", "int16": "float16"},
 }
+# System prompts whose encoded block CTranslate2 keeps cached (static_prompt); the cache lives until unload.
+MAX_CACHED_SYSTEM_PROMPTS = 4
 _END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<end_of_turn>")
 
 
@@ -125,6 +127,7 @@ class Engine:
         self.end_tokens = self._end_tokens(gen_config)
         self.defaults = _generation_defaults(gen_config)
         self.context_length = self._context_length()
+        self._system_blocks: dict[str, list[int]] = {}
 
     def _end_tokens(self, gen_config: dict) -> list[str]:
         ids = gen_config.get("eos_token_id")
@@ -147,6 +150,30 @@ class Engine:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def register_system(self, system: str | None) -> None:
+        """Let prompts that start with this system prompt's block reuse its cached encoding (a few at most)."""
+        if not system or system in self._system_blocks or len(self._system_blocks) >= MAX_CACHED_SYSTEM_PROMPTS:
+            return
+        with quiet_libraries():
+            text = self.tokenizer.apply_chat_template([{"role": "system", "content": system}], tokenize=False)
+            self._system_blocks[system] = self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _static_split(self, prompts: list[list[int]]) -> int:
+        """Length of a registered system block that begins every prompt (0 when none does)."""
+        for block in self._system_blocks.values():
+            n = len(block)
+            if n and all(len(p) > n and p[:n] == block for p in prompts):
+                return n
+        return 0
+
+    def _ct2_prompts(self, prompts: list[list[int]]) -> tuple[list[list[str]], dict[str, Any]]:
+        """Token strings for CTranslate2, with a shared system block split off as its cached static prompt."""
+        n = self._static_split(prompts)
+        tokens = [self.tokenizer.convert_ids_to_tokens(p[n:]) for p in prompts]
+        if not n:
+            return tokens, {}
+        return tokens, {"static_prompt": self.tokenizer.convert_ids_to_tokens(prompts[0][:n]), "cache_static_prompt": True}
+
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(self.prompt_ids(messages))
 
@@ -157,7 +184,7 @@ class Engine:
         stats.prompt_tokens = len(prompt_ids)
         stats.started = time.perf_counter()
         decoder = IncrementalDecoder(self.tokenizer)
-        tokens = self.tokenizer.convert_ids_to_tokens(prompt_ids)
+        (tokens,), static = self._ct2_prompts([prompt_ids])
         if sampling.seed is not None:
             # CTranslate2 seeds each worker thread once, at its first sample (OpenNMT/CTranslate2#1757),
             # so this makes sampling reproducible only on a freshly loaded model.
@@ -165,7 +192,7 @@ class Engine:
         # The callback is what really stops the decoder: a KeyboardInterrupt raised while this
         # thread waits inside the iterator would otherwise leave decoding running in the background.
         steps = self.generator.generate_tokens(
-            tokens, end_token=self.end_tokens, callback=lambda _step: stop.is_set(), **sampling.to_ct2()
+            tokens, end_token=self.end_tokens, callback=lambda _step: stop.is_set(), **static, **sampling.to_ct2()
         )
         try:
             for step in steps:
@@ -207,13 +234,10 @@ class Engine:
 
         if sampling.seed is not None:
             ctranslate2.set_random_seed(sampling.seed)
-        kwargs = sampling.to_ct2()
+        tokens, static = self._ct2_prompts(prompts)
         results = self.generator.generate_batch(
-            [self.tokenizer.convert_ids_to_tokens(p) for p in prompts],
-            max_batch_size=batch_size,
-            end_token=self.end_tokens,
-            include_prompt_in_result=False,
-            **kwargs,
+            tokens, max_batch_size=batch_size, end_token=self.end_tokens, include_prompt_in_result=False,
+            **static, **sampling.to_ct2(),
         )
         end_ids = set(self.tokenizer.convert_tokens_to_ids(self.end_tokens))
         return [[i for i in r.sequences_ids[0] if i not in end_ids] for r in results]

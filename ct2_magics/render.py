@@ -42,10 +42,16 @@ def with_mark(text: str, status: str, marks: dict[str, str] = _MARKS) -> str:
     return text if mark is None else f"{text}\n\n{mark}" if text else mark
 
 
+# Each update re-sends the whole reply, so long replies update less often: about this many characters
+# a second at most, which keeps the traffic linear in the reply's length instead of quadratic.
+CHARS_PER_SECOND = 32768
+
+
 class MarkdownStream:
     """One display, updated with markdown at most `rate` times a second, and once more in full at the end."""
 
     marks = _MARKS
+    partial_type = "text/markdown"  # what updates while streaming carry; the final one carries text/plain too
 
     def __init__(self, rate: float = 15.0) -> None:
         self.interval = 1.0 / rate if rate > 0 else 0.0
@@ -63,17 +69,17 @@ class MarkdownStream:
         from IPython.display import display
 
         self.handle = display(self._bundle(placeholder), raw=True, display_id=True)
-        self._last = time.perf_counter()
+        self._last = float("-inf")  # the first piece of text shows at once
 
     def waiting(self, waiting: bool) -> None:
         self.handle.update(self._bundle("*waiting for the model…*" if waiting else "…"), raw=True)
 
     def update(self, text: str) -> None:
         now = time.perf_counter()
-        if now - self._last >= self.interval:
+        if now - self._last >= max(self.interval, len(text) / CHARS_PER_SECOND):
             self._last = now
             self.updates += 1
-            self.handle.update(self._bundle(self._shape(text)), raw=True)
+            self.handle.update({self.partial_type: self._shape(text)}, raw=True)
 
     def finish(self, text: str, status: str, metadata: dict[str, Any]) -> None:
         self.updates += 1
@@ -85,6 +91,7 @@ class PlainStream(MarkdownStream):
     """Like MarkdownStream, but the display holds text/plain only (-f text in a notebook)."""
 
     marks = {status: f"[{status}]" for status in _MARKS}
+    partial_type = "text/plain"
 
     def _bundle(self, text: str) -> dict[str, str]:
         return {"text/plain": text}

@@ -81,6 +81,8 @@ class Response:
         messages, dropped = fit_to_context(messages, self.engine.count_tokens, budget)
         if dropped:
             self.notices.append(f"Left the {dropped} oldest exchange(s) of chat {req.chat!r} out of the prompt to fit {budget} tokens.")
+        if messages[0]["role"] == "system":
+            self.engine.register_system(messages[0]["content"])
         self.prompt_ids = self.engine.prompt_ids(messages)
         # Only now, with every check passed, change the chat: a bad request never costs its history.
         if self.chat is not None and req.new:

@@ -227,3 +227,30 @@ def test_close_open_fence_cases():
     assert close_open_fence("```\n```python\n") == "```\n```python\n```"
     assert close_open_fence("~~~\n```\n") == "~~~\n```\n~~~"
     assert close_open_fence("no code") == "no code"
+
+
+def test_a_system_prompt_is_cached_and_changes_nothing(shell, llama, demo_model):
+    shell.run_line_magic("llama", "load demo")
+    system, prompt = "You are a careful statistician who answers briefly.", "What is a p-value?"
+    assert run(shell, f'%%llama -s "{system}" -t 0 -n 40\n{prompt}').success
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+    assert llama.history()[-1]["content"] == reference_greedy(demo_model, messages, 40)
+    ids = llama.engine.prompt_ids(messages)
+    assert 0 < llama.engine._static_split([ids]) < len(ids)  # the system block went as a cached static prompt
+    batch = llama.generate([prompt, prompt + " Twice."], system=system, temperature=0, max_tokens=40)
+    assert batch[0] == llama.history()[-1]["content"]
+
+
+def test_cached_system_block_gives_the_same_scores_as_the_full_prompt(llama):
+    llama.load("demo")
+    engine = llama.engine
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about tea."}]
+    engine.register_system("Be brief.")
+    ids = engine.prompt_ids(messages)
+    (rest,), static = engine._ct2_prompts([ids])
+    assert static and len(rest) < len(ids)
+    full = engine.tokenizer.convert_ids_to_tokens(ids)
+    a = [(s.token_id, s.log_prob) for s in engine.generator.generate_tokens(full, max_length=12, sampling_topk=1, return_log_prob=True)]
+    b = [(s.token_id, s.log_prob) for s in engine.generator.generate_tokens(rest, max_length=12, sampling_topk=1, return_log_prob=True, **static)]
+    assert [t for t, _ in a] == [t for t, _ in b]
+    assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) < 1e-3
