@@ -1,0 +1,94 @@
+"""`llama.generate` over 32 prompts against a bare `generate_batch` and against a loop of `llama.ask(..., once=True)`.
+
+Greedy, same prompts and reply length (the bench model never ends a reply early), runs alternated.
+Targets (issue 6): llama.generate / bare generate_batch (same batch size) >= 0.9; llama.generate /
+the ask loop >= 3x. The default batch size (LlamaSettings.batch_size) is shown too.
+
+    python benchmarks/batch.py [--prompts 32] [--tokens 32] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import BENCH, alternate, bench_model, header, load_average, median, save, spread, table, verdict
+
+TOPICS = ["hash maps", "binary search", "garbage collection", "TCP handshakes", "SQL joins", "B-trees", "unicode",
+          "floating point", "regular expressions", "git rebase", "virtual memory", "DNS", "TLS", "mutexes",
+          "bloom filters", "quicksort", "dynamic programming", "gradient descent", "HTTP caching", "recursion",
+          "closures", "generators", "async IO", "CRDTs", "consistent hashing", "the GIL", "numpy broadcasting",
+          "pandas groupby", "list comprehensions", "decorators", "type hints", "unit tests"]
+
+
+def prompts(count: int) -> list[str]:
+    """Varied questions of varied length, like a column of a data frame."""
+    out = []
+    for i in range(count):
+        topic = TOPICS[i % len(TOPICS)]
+        out.append(f"Explain {topic} to a student." + " Give one example and one pitfall." * (i % 4))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    info = header("llama.generate vs bare generate_batch vs a loop of llama.ask")
+
+    from ct2_magics import llama
+
+    llama.load(str(bench_model(BENCH)))
+    engine = llama.engine
+    texts = prompts(args.prompts)
+    size = args.prompts
+    tokens = [engine.tokenizer.convert_ids_to_tokens(engine.prompt_ids([{"role": "user", "content": t}])) for t in texts]
+    total = args.prompts * args.tokens
+
+    def timed(fn):
+        def run() -> dict[str, float]:
+            t = time.perf_counter()
+            out = fn()
+            seconds = time.perf_counter() - t
+            run.last = out
+            return {"seconds": seconds, "tok_s": total / seconds}
+        return run
+
+    def bare():
+        results = engine.generator.generate_batch(tokens, max_batch_size=size, max_length=args.tokens, sampling_topk=1,
+                                                  end_token=engine.end_tokens, include_prompt_in_result=False)
+        return [engine.tokenizer.decode(r.sequences_ids[0], skip_special_tokens=True) for r in results]
+
+    paths = {
+        "bare generate_batch": timed(bare),
+        f"llama.generate(batch_size={size})": timed(lambda: llama.generate(texts, temperature=0, max_tokens=args.tokens,
+                                                                            batch_size=size, progress=False)),
+        f"llama.generate() (default batch_size={llama.settings.batch_size})": timed(
+            lambda: llama.generate(texts, temperature=0, max_tokens=args.tokens, progress=False)),
+        "loop of llama.ask(once=True)": timed(lambda: [llama.ask(t, once=True, temperature=0, max_tokens=args.tokens)
+                                                       for t in texts]),
+    }
+    results = alternate(paths, args.runs)
+    names = list(paths)
+    replies = [paths[n].last for n in names]
+    same = all(r == replies[0] for r in replies)
+    base = median(results[names[0]], "tok_s")
+    rows = [[n, f"{median(results[n], 'seconds'):.2f}", f"{median(results[n], 'tok_s'):.1f} ({spread(results[n], 'tok_s')})",
+             f"{median(results[n], 'tok_s') / base:.3f}"] for n in names]
+    print(table(rows, ["path", "seconds", "tokens/s in all (range)", "vs bare"]))
+    ours = median(results[names[1]], "tok_s")
+    vs_bare = ours / base
+    vs_loop = ours / median(results[names[3]], "tok_s")
+    print(f"\n{args.prompts} prompts x {args.tokens} tokens, greedy, {args.runs} alternated runs; all paths wrote the same "
+          f"replies: {same}")
+    print(f"llama.generate / bare generate_batch: {vs_bare:.3f} (target >= 0.9): {verdict(vs_bare >= 0.9)}")
+    print(f"llama.generate / loop of llama.ask: {vs_loop:.2f}x (target >= 3x): {verdict(vs_loop >= 3)}")
+    print(f"load at the end: {load_average()}")
+    save("batch", {"machine": info, "prompts": args.prompts, "tokens": args.tokens, "raw": results, "same_replies": same,
+                   "vs_bare": vs_bare, "vs_loop": vs_loop})
+
+
+if __name__ == "__main__":
+    main()
