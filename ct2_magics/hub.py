@@ -78,7 +78,9 @@ def _download(repo_id: str, revision: str | None) -> Path:
         raise LlamaError(f"{repo_id} is gated: accept its licence on the Hub, then log in with `hf auth login`.") from None
     except (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError) as e:
         what = f"revision {revision!r} of " if isinstance(e, hf_errors.RevisionNotFoundError) else ""
-        raise LlamaError(f"The Hub has no {what}{repo_id} (or it is private); check the spelling.") from None
+        raise LlamaError(
+            f"The Hub has no {what}{repo_id} (or it is private), and there is no such local directory; check the spelling."
+        ) from None
     except (hf_errors.LocalEntryNotFoundError, hf_errors.HfHubHTTPError, OSError):
         if not offline:
             try:

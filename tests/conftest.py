@@ -28,10 +28,12 @@ def demo_model() -> Path:
 
 @pytest.fixture(scope="session")
 def long_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A demo-like model that never ends a reply by itself (for stop and interrupt tests)."""
+    """A model that never ends a reply by itself, at a real model's pace (~200 tokens/s here): stop tests."""
     from ct2_magics.demo import build_model
 
-    return build_model(tmp_path_factory.mktemp("long") / "model", eot_bias=-1e4)
+    # Big enough (38 MB) to decode on 2 threads at a few ms a step, so a reply lasts long enough to stop.
+    return build_model(tmp_path_factory.mktemp("long") / "model", eot_bias=-1e4, hidden=1024, layers=4,
+                       heads=16, kv_heads=4, intermediate=2048)
 
 
 @pytest.fixture(scope="session")

@@ -61,9 +61,13 @@ def test_requests_from_many_threads_take_turns(shell, llama, script_model):
     threads = [threading.Thread(target=ask, args=(f"t{i}",)) for i in range(4)]
     panel = llama.panel("from-panel")
     panel.temperature.value = "0"
-    for t in threads:
-        t.start()
-    panel.send("go")  # the panel's worker thread, at the same time
+    with llama.engine.lock:  # hold the model so that everyone has to queue
+        for t in threads:
+            t.start()
+        panel.send("go")  # the panel's worker thread, at the same time
+        deadline = time.perf_counter() + 10
+        while not waited and time.perf_counter() < deadline:
+            time.sleep(0.01)
     assert run(shell, "%%llama -t 0\ngo").success  # the magic on the main thread, at the same time
     for t in threads:
         t.join(timeout=30)
