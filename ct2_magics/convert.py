@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ct2_magics.errors import LlamaError
+from ct2_magics.hub import is_repo_id
 from ct2_magics.modelfile import check_llama3_rope, read_rope_attributes
 
 if TYPE_CHECKING:
@@ -61,7 +61,6 @@ TORCH_HINT = (
     '(the CPU build is enough) or `pip install "ct2-magics[convert]"`'
 )
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 @dataclass(frozen=True)
@@ -246,7 +245,7 @@ def _local_source(source: str) -> Path | None:
         if not (path / "config.json").is_file():
             raise LlamaError(f"{source} is not a transformers model directory (no config.json in it)")
         return path.resolve()
-    if _REPO_ID.match(source) and not source.startswith((".", "~")):
+    if is_repo_id(source) and not source.startswith((".", "~")):
         return None
     raise LlamaError(f"{source} does not exist and is not a Hugging Face repo id like meta-llama/Llama-3.2-1B-Instruct")
 
@@ -273,37 +272,14 @@ def _require_torch() -> None:
 
 def _download(repo: str, revision: str | None) -> Path:
     """Fetch the safetensors, configs and tokenizer of a Hub repo; return the snapshot dir."""
-    import huggingface_hub
+    from .hub import download
 
-    try:
-        path = huggingface_hub.snapshot_download(
-            repo,
-            revision=revision,
-            allow_patterns=list(DOWNLOAD_PATTERNS),
-            ignore_patterns=list(DOWNLOAD_IGNORE),
-        )
-    except Exception as exc:  # the Hub client raises many types; each means "could not fetch"
-        raise LlamaError(_download_error(repo, revision, exc)) from None
-    model_dir = Path(path)
+    model_dir = download(repo, revision=revision, patterns=DOWNLOAD_PATTERNS, ignore=DOWNLOAD_IGNORE)
     if not (model_dir / "config.json").is_file():
         raise LlamaError(f"{repo} has no config.json; it is not a transformers model repo")
     if not any(model_dir.glob("*.safetensors")):
         raise LlamaError(f"{repo} has no .safetensors weights; ct2-magics does not download pickled (.bin) checkpoints")
     return model_dir
-
-
-def _download_error(repo: str, revision: str | None, exc: Exception) -> str:
-    """One line explaining a failed Hub download."""
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if "GatedRepoError" in names:
-        return f"{repo} is gated: accept its license on https://huggingface.co/{repo} and log in with `hf auth login`"
-    if "RevisionNotFoundError" in names:
-        return f"revision {revision!r} does not exist in {repo}"
-    if "RepositoryNotFoundError" in names:
-        return f"{repo} is neither a local directory nor a Hub repo you can access (private repos need `hf auth login`)"
-    if "HFValidationError" in names:
-        return f"{repo} is neither a local directory nor a valid Hugging Face repo id"
-    return f"could not download {repo} from the Hugging Face Hub: {_first_line(exc)}"
 
 
 def _load_config(model_dir: Path) -> Any:

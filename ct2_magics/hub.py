@@ -60,17 +60,18 @@ def check_model_dir(path: Path) -> Path:
     return path
 
 
-def download(repo_id: str, *, revision: str | None = None) -> Path:
-    """Fetch a model's files from the Hub (or find them in the local cache when offline)."""
+def download(repo_id: str, *, revision: str | None = None, patterns: list[str] = MODEL_FILES,
+             ignore: list[str] | None = None) -> Path:
+    """Fetch the files matching `patterns` of a Hub repo (or find them in the local cache when offline)."""
     with quiet_libraries():
-        return _download(repo_id, revision)
+        return _download(repo_id, revision, patterns, ignore)
 
 
-def _download(repo_id: str, revision: str | None) -> Path:
+def _download(repo_id: str, revision: str | None, patterns: list[str], ignore: list[str] | None) -> Path:
     import huggingface_hub
     from huggingface_hub import errors as hf_errors
 
-    kwargs = {"revision": revision, "allow_patterns": MODEL_FILES}
+    kwargs = {"revision": revision, "allow_patterns": list(patterns), "ignore_patterns": ignore}
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     try:
         return Path(huggingface_hub.snapshot_download(repo_id, local_files_only=offline, **kwargs))
@@ -81,6 +82,8 @@ def _download(repo_id: str, revision: str | None) -> Path:
         raise LlamaError(
             f"The Hub has no {what}{repo_id} (or it is private), and there is no such local directory; check the spelling."
         ) from None
+    except hf_errors.HFValidationError:
+        raise LlamaError(f"{repo_id} is neither a local directory nor a valid Hugging Face repo id.") from None
     except (hf_errors.LocalEntryNotFoundError, hf_errors.HfHubHTTPError, OSError):
         if not offline:
             try:
@@ -89,5 +92,5 @@ def _download(repo_id: str, revision: str | None) -> Path:
                 pass
         raise LlamaError(
             f"Cannot download {repo_id}: the Hub is unreachable and the model is not in the local cache. "
-            "Connect once to download it, or load a local directory, or `%llama load demo`."
+            "Connect once to download it, or use a local directory (or `%llama load demo`)."
         ) from None
