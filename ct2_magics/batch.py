@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from .errors import LlamaError
+from .response import check_text
 from .settings import Sampling, resolve_sampling
 
 if TYPE_CHECKING:
@@ -117,8 +118,8 @@ def _prompts(values: list[Any], fill: Callable[[str], str]) -> tuple[list[str], 
 
 def _encodable(text: str) -> bool:
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
+        check_text(text, "item")
+    except LlamaError:
         return False
     return True
 
@@ -141,8 +142,8 @@ def _run(session: Session, prompts: list[str], problems: dict[int, str], labels:
     if budget <= 0:
         raise LlamaError(f"max_tokens ({sampling.max_tokens}) leaves no room for a prompt in a {context}-token context; lower max_tokens.")
     system = system if system is not None else session.settings.system
-    if system and not _encodable(system):
-        raise LlamaError("The system prompt holds an invalid character (a lone surrogate); remove it.")
+    if system:
+        check_text(system, "system prompt")
     head = [{"role": "system", "content": system}] if system else []
     engine.register_system(system)
 
