@@ -85,14 +85,22 @@ def build_model(
     intermediate: int = 512,
     vocab_merges: int = 1500,
     seed: int = 0,
-    quantization: str | None = "int8",
+    quantization: str | None = "auto",
     script: str | None = None,
     chat_template: bool = True,
     max_position: int = 8192,
     eot_bias: float = DEFAULT_EOT_BIAS,
 ) -> Path:
-    """Write a random Llama 3 style CTranslate2 model and its Hub tokenizer files into path."""
+    """Write a random Llama 3 style CTranslate2 model and its Hub tokenizer files into path.
+
+    quantization "auto" stores a random model as int8 (as a converted Hub model is) and a script model
+    as float32: a script model's activations all sit at full scale, the worst case for oneDNN's int8
+    GEMM, which CTranslate2 uses on AMD CPUs and which saturates on AVX2 without VNNI (seen on an AMD
+    EPYC Zen 3: every reply became the first token of the vocabulary). None also means float32.
+    """
     path, rng = Path(path), np.random.default_rng(seed)
+    if quantization == "auto":
+        quantization = "int8" if script is None else None
     tokenizer = _train_tokenizer(vocab_merges)
     vocab = [tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())]
     if script is None:

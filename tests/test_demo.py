@@ -148,7 +148,7 @@ def test_negative_eot_bias_never_ends(tmp_path: Path) -> None:
 def test_parrot_replays_its_script_after_any_prompt(parrot: tuple[str, Path]) -> None:
     script, path = parrot
     tokenizer = load_tokenizer(path)
-    generator = ctranslate2.Generator(str(path), device="cpu", compute_type="int8")
+    generator = ctranslate2.Generator(str(path), device="cpu", compute_type="default")  # as stored: float32
     expected = tokenizer.encode(script, add_special_tokens=False)
     long_turn = {"role": "user", "content": "Tell me more.\n\n" + script * 3}
     follow_up = [*CHAT, {"role": "assistant", "content": "ok"}, long_turn]
