@@ -1,12 +1,12 @@
 """What `%%llama` sends to the front end while it streams: display updates per second and bytes per generated token.
 
-Each update re-sends the whole reply (text/markdown and text/plain) in an update_display_data
-message, serialised and signed here exactly as ipykernel would. Targets (issue 6): at most 15
-updates a second whatever the token rate (bench model ~70 tok/s, tiny ~500-800 tok/s); bytes per
-token for a 2,000-token answer reported, with how they grow with the answer's length. Then the
-longest runs are replayed under an adaptive update policy to size a fix.
+Every message is serialised and signed here exactly as ipykernel would send it. Targets (issue 6):
+at most 15 updates a second whatever the token rate (tiny model: hundreds of tokens a second;
+bench: tens); bytes per token for a 2,000-token answer reported, with how they grow with the
+answer's length. Baseline, same run, same reply: a plain streaming loop that updates the display
+with the whole reply (text/markdown and text/plain) at every piece of text, as a simple magic would.
 
-    python benchmarks/display_traffic.py [--lengths 250,500,1000,2000] [--budget 32768]
+    python benchmarks/display_traffic.py [--lengths 250,500,1000,2000] [--bench-lengths 250,2000]
 """
 
 from __future__ import annotations
@@ -50,75 +50,57 @@ def max_in_window(times: list[float], width: float) -> int:
     return best
 
 
-def replay(publisher, events: list[dict], budget: float) -> dict:
-    """Re-send a recorded run's updates under the adaptive policy; bytes and counts as a kernel would send them.
-
-    Adaptive: intermediate updates carry text/markdown only, at most every max(1/15 s, reply bytes /
-    budget); the final update keeps both types. Candidates are the recorded updates (every >= 1/15 s),
-    so the schedule is a little coarser than one decided token by token.
-    """
+def naive_cell(publisher, tokens: int) -> dict:
+    """The baseline: the same greedy reply, the display updated with the whole reply at every piece of text."""
     from IPython.display import DisplayHandle
 
-    final = events[-1]
+    from ct2_magics import llama
+
     publisher.reset()
     handle = DisplayHandle()
     handle.display({"text/markdown": "…", "text/plain": "…"}, raw=True)
-    last, sent = float("-inf"), []
-    for e in events[1:-1]:
-        if e["t"] - last >= max(1.0 / RATE, len(e["text"].encode()) / budget):
-            last = e["t"]
-            sent.append(e["t"])
-            handle.update({"text/markdown": e["text"]}, raw=True)
-    handle.update({"text/markdown": final["text"], "text/plain": final["text"]}, raw=True)
-    total = sum(e["bytes"] for e in publisher.events)
-    tail = [b - a for a, b in zip(sent, sent[1:])][-5:]
-    return {"messages": len(publisher.events), "bytes": total, "updates_per_s": len(sent) / (final["t"] - events[0]["t"]),
-            "last_gap_ms": 1e3 * sum(tail) / len(tail) if tail else None}
+    text = ""
+    for piece in llama.stream(PROMPT, once=True, temperature=0, max_tokens=tokens):
+        text += piece
+        handle.update({"text/markdown": text, "text/plain": text}, raw=True)
+    return {"messages": len(publisher.events), "bytes": sum(e["bytes"] for e in publisher.events), "reply_chars": len(text)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", default="250,500,1000,2000", help="reply lengths for the tiny model")
     ap.add_argument("--bench-lengths", default="250,2000", help="reply lengths for the bench model (2000: ~2 min)")
-    ap.add_argument("--budget", type=float, default=32768.0, help="bytes/s of the adaptive policy")
     args = ap.parse_args()
     info = header("%%llama display traffic")
     shell, publisher = kernel_shell()
-    report = {"machine": info, "runs": {}, "replay": {}}
+    report = {"machine": info, "runs": {}}
     rows = []
     for name, shape, lengths in (("tiny", TINY, args.lengths), ("bench", BENCH, args.bench_lengths)):
         shell.run_line_magic("llama", f"load {bench_model(shape)}")
         run_cell(shell, publisher, 32)  # warm-up
         for n in (int(x) for x in lengths.split(",")):
             r = run_cell(shell, publisher, n)
+            r["naive"] = naive = naive_cell(publisher, n)
+            assert naive["reply_chars"] == r["reply_chars"], "the baseline wrote another reply"
             report["runs"][f"{name}-{n}"] = r
             rows.append([name, n, r["tok_s"], r["updates"], r["updates_per_s"], r["max_updates_in_any_1s"],
-                         r["reply_chars"], r["bytes"], r["bytes_per_token"], r["last_message_bytes"], r["publish_ms"]])
+                         r["reply_chars"], r["bytes"], r["bytes_per_token"], r["last_message_bytes"], r["publish_ms"],
+                         naive["messages"], naive["bytes"] / n, f"{naive['bytes'] / r['bytes']:.1f}x"])
     print(table(rows, ["model", "tokens", "tok/s", "messages", "updates/s", "most in 1 s", "reply chars", "bytes sent",
-                       "bytes/token", "last message bytes", "kernel publish ms"]))
+                       "bytes/token", "last message bytes", "kernel publish ms", "baseline messages",
+                       "baseline bytes/token", "baseline / ours"]))
     worst = max(r["max_updates_in_any_1s"] for r in report["runs"].values())
     print(f"\nmost updates in any 1 s window: {worst} (target <= 15): {verdict(worst <= 15)}")
     for name in ("tiny", "bench"):
         runs = {int(k.split("-")[1]): v for k, v in report["runs"].items() if k.startswith(name)}
         lo, hi = min(runs), max(runs)
+        if lo == hi:
+            continue  # one length: no growth to report
         growth = math.log(runs[hi]["bytes"] / runs[lo]["bytes"]) / math.log(hi / lo)
         report[f"{name}_exponent"] = growth
         print(f"{name}: bytes sent grow as tokens^{growth:.2f} from {lo} to {hi} tokens (2 = quadratic); "
               f"bytes/token {runs[lo]['bytes_per_token']:.0f} -> {runs[hi]['bytes_per_token']:.0f}")
 
-    # The longest run of each model, replayed under an adaptive policy.
-    rows = []
-    for name in ("tiny", "bench"):
-        key, r = max(((k, v) for k, v in report["runs"].items() if k.startswith(name)), key=lambda kv: kv[1]["tokens"])
-        a = replay(publisher, r["events"], args.budget)
-        report["replay"][key] = a
-        gaps = [b["t"] - x["t"] for x, b in zip(r["events"][1:-1], r["events"][2:-1])][-5:]
-        rows.append([key, "now (md + plain, 15/s)", r["updates"], r["updates_per_s"], r["bytes"], r["bytes_per_token"],
-                     1e3 * sum(gaps) / len(gaps)])
-        rows.append([key, "adaptive", a["messages"], a["updates_per_s"], a["bytes"], a["bytes"] / r["tokens"], a["last_gap_ms"]])
-    print(f"\nThe longest runs replayed with intermediate updates in text/markdown only, at most every "
-          f"max(1/15 s, reply bytes / {args.budget:.0f} B/s); the final update keeps both types:")
-    print(table(rows, ["run", "policy", "messages", "updates/s", "bytes sent", "bytes/token", "last gaps ms"]))
     print(f"load at the end: {load_average()}")
     for r in report["runs"].values():
         del r["events"]

@@ -1,26 +1,43 @@
 #!/usr/bin/env bash
-# The GPU check of BENCHMARKS.md, on a machine with an NVIDIA GPU, CUDA and PyTorch but no
-# ctranslate2: installs the wheels in .whl/ (ctranslate2, traitlets, platformdirs) to /tmp/site,
-# then runs a dry run and the reference-shape benchmark. Output: $OUT (default /tmp/out).
+# The GPU check of BENCHMARKS.md, for a machine with an NVIDIA GPU, CUDA, PyTorch, transformers and
+# numpy but no ctranslate2 (this workplace's device image). First, here: `bash benchmarks/gpu_wheels.sh`.
+# Then on the GPU machine, carrying .whl: `bash benchmarks/run_gpu.sh`. Writes to $OUT (default /tmp/out):
+# gpu.txt (card, driver, cuBLAS, agreement), reference_shape.json and .log. About 4-6 minutes.
 set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT="${OUT:-/tmp/out}"
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+say() { echo "$*" | tee -a "$OUT/gpu.txt"; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { say "no wheels: run 'bash benchmarks/gpu_wheels.sh' first and carry .whl"; exit 1; }
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-# ctranslate2 4.8.5 wheels open libcublas.so.12; a CUDA 13 image may only have cuBLAS 13.
-if ! ldconfig -p | grep -q 'libcublas.so.12'; then
-    lib=$(python3 - <<'PY'
+say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+
+# ctranslate2 4.x wheels dlopen libcublas.so.12 and look each function up by name. A CUDA 13 image has
+# only cuBLAS 13; its GEMM functions keep their names and signatures, so it is offered under the old
+# name, and the agreement check below says whether the results are right.
+find_lib() { python3 - "$1" <<'PY'
 import glob, os, sys
-for root in sys.path + ["/usr/local/cuda/lib64", "/usr/lib/x86_64-linux-gnu"]:
-    hits = glob.glob(os.path.join(root, "**", "libcublas.so.12*"), recursive=True) if os.path.isdir(root) else []
+roots = sys.path + ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib", "/usr/lib/x86_64-linux-gnu"]
+for root in roots:
+    hits = sorted(glob.glob(os.path.join(root, "**", sys.argv[1]), recursive=True)) if os.path.isdir(root) else []
     if hits:
-        print(os.path.dirname(hits[0])); break
+        print(hits[0]); break
 PY
-)
-    if [ -n "$lib" ]; then export LD_LIBRARY_PATH="$lib:${LD_LIBRARY_PATH:-}"; echo "cuBLAS 12 from $lib" | tee -a "$OUT/gpu.txt"
-    else echo "no libcublas.so.12 on this machine" | tee -a "$OUT/gpu.txt"; ldconfig -p | grep -i cublas | head -5; find / -name 'libcublas.so*' 2>/dev/null | head -5; fi
+}
+if ! ldconfig -p | grep -q 'libcublas.so.12'; then
+    lib12=$(find_lib 'libcublas.so.12*')
+    if [ -n "$lib12" ]; then
+        export LD_LIBRARY_PATH="$(dirname "$lib12"):${LD_LIBRARY_PATH:-}"; say "cuBLAS 12: $lib12"
+    else
+        lib13=$(find_lib 'libcublas.so.13*')
+        [ -n "$lib13" ] || { say "neither cuBLAS 12 nor 13 found"; exit 1; }
+        mkdir -p /tmp/cublas-shim && ln -sf "$lib13" /tmp/cublas-shim/libcublas.so.12
+        export LD_LIBRARY_PATH="/tmp/cublas-shim:$(dirname "$lib13"):${LD_LIBRARY_PATH:-}"
+        say "no cuBLAS 12: using cuBLAS 13 ($lib13) under the name libcublas.so.12"
+    fi
 fi
-python3 -c "import ctranslate2 as c; print('ctranslate2', c.__version__, 'cuda devices', c.get_cuda_device_count(), sorted(c.get_supported_compute_types('cuda')))" 2>&1 | tee -a "$OUT/gpu.txt"
-python3 benchmarks/gpu_reference_shape.py --device cuda --small --tokens 32 --runs 1 --model /tmp/small 2>&1 | tail -5
-python3 benchmarks/gpu_reference_shape.py --device cuda --tokens "${TOKENS:-256}" --runs "${RUNS:-3}" --json "$OUT/gpu_reference_shape.json" 2>&1 | tee "$OUT/gpu_reference_shape.log"
+say "$(python3 -c "import ctranslate2 as c; print('ctranslate2', c.__version__, 'cuda devices', c.get_cuda_device_count(), sorted(c.get_supported_compute_types('cuda')))" 2>&1)"
+say "agreement: $(python3 benchmarks/reference_shape.py --device cuda --check --model /tmp/small 2>&1 | tr -d '\n ')"
+python3 benchmarks/reference_shape.py --device cuda --tokens "${TOKENS:-256}" --runs "${RUNS:-3}" \
+    --json "$OUT/reference_shape.json" 2>&1 | tee "$OUT/reference_shape.log"

@@ -132,6 +132,7 @@ class Engine:
         self.defaults = _generation_defaults(gen_config)
         self.context_length = self._context_length()
         self._system_blocks: dict[str, list[int]] = {}
+        self._last_prompt: tuple[Any, list[int]] | None = None  # (template and messages, their ids)
 
     def _end_tokens(self, gen_config: dict) -> list[str]:
         ids = gen_config.get("eos_token_id")
@@ -148,11 +149,19 @@ class Engine:
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the chat template applied to `messages`, ready for the assistant's turn."""
-        if not getattr(self.tokenizer, "chat_template", None):
+        template = getattr(self.tokenizer, "chat_template", None)
+        if not template:
             raise LlamaError(f"{self.name} has no chat template (tokenizer_config.json or chat_template.jinja); it is not a chat model.")
+        # Fitting the chat to the context counts the very prompt that is then sent: encode it once.
+        key = (template, tuple((m["role"], m["content"]) for m in messages))
+        last = self._last_prompt
+        if last is not None and last[0] == key:
+            return list(last[1])
         with quiet_libraries():
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            return self.tokenizer.encode(text, add_special_tokens=False)
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+        self._last_prompt = (key, ids)
+        return list(ids)
 
     def register_system(self, system: str | None) -> None:
         """Let prompts that start with this system prompt's block reuse its cached encoding (a few at most)."""

@@ -63,3 +63,20 @@ def test_generation_config_gives_defaults_and_explicit_options_win(llama):
 def test_end_tokens_include_eot_and_generation_config_ids(llama):
     llama.load("demo")
     assert {"<|eot_id|>", "<|end_of_text|>"} <= set(llama.engine.end_tokens)
+
+
+def test_a_prompt_that_fits_is_templated_once_and_a_new_template_is_not_served_stale(llama, monkeypatch):
+    llama.load("demo")
+    llama.ask("first", max_tokens=3, temperature=0)
+    tokenizer = llama.tokenizer
+    calls = []
+    real = tokenizer.apply_chat_template
+    monkeypatch.setattr(tokenizer, "apply_chat_template", lambda *a, **k: calls.append(a) or real(*a, **k))
+    llama.ask("second", max_tokens=3, temperature=0)
+    assert len(calls) == 1  # fitting the chat counted the very prompt that was then sent
+    messages = llama.history() + [{"role": "user", "content": "third"}]
+    before = llama.engine.prompt_ids(messages)
+    monkeypatch.setattr(tokenizer, "chat_template", tokenizer.chat_template.replace("<|eot_id|>", "<|eom_id|>"))
+    after = llama.engine.prompt_ids(messages)
+    eot, eom = tokenizer.convert_tokens_to_ids(["<|eot_id|>", "<|eom_id|>"])
+    assert before.count(eot) == after.count(eom) > 0 and eom not in before

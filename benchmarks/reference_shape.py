@@ -3,10 +3,13 @@
 Builds the model on the machine it runs on (no download), then measures, alternating runs:
 a bare CTranslate2 `generate_tokens` loop, and the same prompt through ct2_magics' session
 (chat template, incremental decoding, history). Prints both, their ratio, and the decode speed
-the GPU's memory bandwidth allows (bandwidth / bytes of weights read per token).
+the memory bandwidth allows: measured copy bandwidth (bytes read + written per second) divided by
+the bytes of weights read per generated token.
 
-    python benchmarks/gpu_reference_shape.py --device cuda          # the real check (GPU, ~8 GB)
-    python benchmarks/gpu_reference_shape.py --device cpu --small   # a dry run of the script
+    python benchmarks/reference_shape.py --device cuda              # the GPU check (~8.6 GB of weights)
+    python benchmarks/reference_shape.py --device cpu --tokens 16   # the same shape on this CPU (~9 GB RAM)
+    python benchmarks/reference_shape.py --device cpu --small       # a dry run of the script (seconds)
+    python benchmarks/reference_shape.py --device cuda --check      # small shape: do GPU and CPU agree?
 """
 
 from __future__ import annotations
@@ -98,9 +101,9 @@ def _tokenizer(path: Path, tokens: list[str]) -> None:
 
 
 def bandwidth_gbs(device: str) -> float | None:
-    """Device-to-device copy bandwidth (bytes read + written), through torch if it is there."""
-    if device != "cuda":
-        return None
+    """Copy bandwidth in GB/s, counting bytes read and written: torch on the GPU, numpy threads on the CPU."""
+    if device == "cpu":
+        return _cpu_bandwidth_gbs()
     try:
         import torch
     except ImportError:
@@ -120,6 +123,48 @@ def bandwidth_gbs(device: str) -> float | None:
     return gbs
 
 
+def _cpu_bandwidth_gbs(size: int = 1 << 30, rounds: int = 5) -> float:
+    """One numpy copy per core at once (numpy lets go of the GIL while it copies), best of `rounds`."""
+    import os
+    import threading
+
+    cores = os.cpu_count() or 1
+    src = np.ones(size, dtype=np.uint8)
+    dst = np.empty_like(src)
+    parts = [slice(i * size // cores, (i + 1) * size // cores) for i in range(cores)]
+    best = 0.0
+    for _ in range(rounds):
+        threads = [threading.Thread(target=np.copyto, args=(dst[p], src[p])) for p in parts]
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        best = max(best, 2 * size / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def check_agreement(model: Path, device: str, tokens: int = 256) -> dict:
+    """Logits of the small shape on `device` against the CPU's int8: a broken CUDA set-up shows here.
+
+    On the GPU the other side is int8_float16; without one (a dry run), the CPU's float32."""
+    import ctranslate2
+
+    build(model, SMALL)
+    prompt = [SPECIALS[0]] + [f"w{(i * 7919) % 5000}" for i in range(tokens)]
+    out = {}
+    other = ("cuda", "int8_float16") if device == "cuda" else ("cpu", "float32")
+    for side, (dev, compute) in (("reference", ("cpu", "int8")), ("other", other)):
+        g = ctranslate2.Generator(str(model), device=dev, compute_type=compute)
+        logits = g.forward_batch([prompt]).to(ctranslate2.DataType.float32).to_device(ctranslate2.Device.cpu)
+        out[side] = np.array(logits)[0]
+        del g
+    diff = np.abs(out["other"] - out["reference"])
+    return {"compared": f"{other[0]} {other[1]} vs cpu int8", "positions": tokens, "logit_std": float(out["reference"].std()),
+            "max_abs_diff": float(diff.max()),
+            "top1_agreement": float((out["other"].argmax(-1) == out["reference"].argmax(-1)).mean())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="/tmp/llama3-8b-shape")
@@ -128,7 +173,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json")
+    ap.add_argument("--check", action="store_true", help="only compare GPU and CPU logits on the small shape")
     args = ap.parse_args()
+    if args.check:
+        print(json.dumps(check_agreement(Path(args.model), args.device), indent=1))
+        return
     shape = SMALL if args.small else LLAMA3_8B
     t0 = time.perf_counter()
     per_token = build(Path(args.model), shape)
@@ -171,12 +220,12 @@ def main() -> None:
         results["bare"].append(bare())
         results["ours"].append(ours())
     med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for k, v in results.items()}
-    name = "cpu"
+    name = _cpu_name()
     if args.device == "cuda":
         import subprocess
 
         name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
-    limit = bw / 2 * 1e9 / per_token if bw else None  # copy counts read + write; decode only reads
+    limit = bw * 1e9 / per_token if bw else None  # every weight byte crosses the memory bus once a token
     report = {
         "device": name, "shape": shape, "ctranslate2": ctranslate2.__version__, "compute_type": engine.compute_type,
         "weight_bytes_read_per_token": per_token, "build_s": round(built_s, 1), "load_s": round(load_s, 1),
@@ -190,6 +239,14 @@ def main() -> None:
     print(json.dumps({k: v for k, v in report.items() if k != "raw"}, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+def _cpu_name() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "cpu")
+    import os
+
+    return f"{cpu}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

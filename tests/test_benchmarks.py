@@ -1,0 +1,73 @@
+"""Each benchmark script runs from the checkout with one command and prints its table and verdicts.
+
+Tiny sizes: these check that the scripts work, not what they measure (BENCHMARKS.md has the figures).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(tmp_path: Path, script: str, *args: str, timeout: float = 300) -> str:
+    env = {**os.environ, "CT2_MAGICS_CACHE": str(tmp_path / "cache"), "CT2_MAGICS_DATA": str(tmp_path / "data"),
+           "BENCH_JSON_DIR": str(tmp_path / "json")}
+    env.pop("BENCH_MAX_LOAD", None)
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the module, so the bench models are built once."""
+    return tmp_path_factory.mktemp("bench")
+
+
+def test_streaming(shared: Path) -> None:
+    out = bench(shared, "streaming.py", "--tokens", "6", "--runs", "1", "--ttft-runs", "1")
+    assert "| bench |" in out and "| tiny |" in out
+    assert "tokens/s ratio" in out and "(target >= 0.97)" in out and "(target <= +5)" in out
+    assert (shared / "json" / "streaming.json").is_file()
+
+
+def test_display_traffic(shared: Path) -> None:
+    out = bench(shared, "display_traffic.py", "--lengths", "8,16", "--bench-lengths", "8")
+    assert "most updates in any 1 s window" in out and "(target <= 15)" in out
+
+
+def test_batch(shared: Path) -> None:
+    out = bench(shared, "batch.py", "--prompts", "3", "--tokens", "4", "--runs", "1")
+    assert "llama.generate / bare generate_batch" in out and "llama.generate / loop of llama.ask" in out
+
+
+def test_startup(shared: Path) -> None:
+    out = bench(shared, "startup.py", "--runs", "1")
+    assert "%load_ext ct2_magics:" in out and "loading an already-loaded model" in out
+
+
+def test_long_chat(shared: Path) -> None:
+    out = bench(shared, "long_chat.py", "--turns", "2", "--checkpoints", "1,2", "--reps", "1", "--reply", "4")
+    assert "| 1 |" in out and "| 2 |" in out and "system prompt:" in out
+
+
+@pytest.mark.torch
+def test_vs_transformers(shared: Path) -> None:
+    pytest.importorskip("torch")
+    out = bench(shared, "vs_transformers.py", "--tokens", "4", "--runs", "1")
+    assert "vs transformers" in out and "TextIteratorStreamer" in out
+
+
+def test_reference_shape_dry_run(shared: Path) -> None:
+    out = bench(shared, "reference_shape.py", "--device", "cpu", "--small", "--tokens", "4", "--runs", "1",
+                "--model", str(shared / "small"))
+    assert '"ratio_ours_over_bare"' in out and '"bandwidth_limit_tokens_per_s"' in out
+    check = bench(shared, "reference_shape.py", "--device", "cpu", "--check", "--model", str(shared / "small"))
+    assert '"top1_agreement"' in check
