@@ -6,7 +6,7 @@ a bare CTranslate2 `generate_tokens` loop, and the same prompt through ct2_magic
 the memory bandwidth allows: measured copy bandwidth (bytes read + written per second) divided by
 the bytes of weights read per generated token.
 
-    python benchmarks/reference_shape.py --device cuda              # the GPU check (~8.6 GB of weights)
+    python benchmarks/reference_shape.py --device cuda              # the GPU check (an 8 GB model.bin)
     python benchmarks/reference_shape.py --device cpu --tokens 16   # the same shape on this CPU (~9 GB RAM)
     python benchmarks/reference_shape.py --device cpu --small       # a dry run of the script (seconds)
     python benchmarks/reference_shape.py --device cuda --check      # small shape: do GPU and CPU agree?
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -125,7 +126,6 @@ def bandwidth_gbs(device: str) -> float | None:
 
 def _cpu_bandwidth_gbs(size: int = 1 << 30, rounds: int = 5) -> float:
     """One numpy copy per core at once (numpy lets go of the GIL while it copies), best of `rounds`."""
-    import os
     import threading
 
     cores = os.cpu_count() or 1
@@ -244,8 +244,6 @@ def main() -> None:
 def _cpu_name() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "cpu")
-    import os
-
     return f"{cpu}, {os.cpu_count()} cores"
 
 
