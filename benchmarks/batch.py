@@ -88,8 +88,8 @@ def main() -> None:
     print(f"llama.generate / bare generate_batch: {vs_bare:.3f} (target >= 0.9): {verdict(vs_bare >= 0.9)}")
     print(f"llama.generate / loop of llama.ask: {vs_loop:.2f}x (target >= 3x): {verdict(vs_loop >= 3)}")
     print(f"load at the end: {load_average()}")
-    save("batch", {"machine": info, "prompts": args.prompts, "tokens": args.tokens, "raw": results, "same_replies": same, "replies_differing": differ,
-                   "vs_bare": vs_bare, "vs_loop": vs_loop})
+    save("batch", {"machine": info, "prompts": args.prompts, "tokens": args.tokens, "raw": results, "same_replies": same,
+                   "replies_differing": differ, "vs_bare": vs_bare, "vs_loop": vs_loop})
 
 
 if __name__ == "__main__":
