@@ -183,7 +183,9 @@ def _run(session: Session, prompts: list[str], problems: dict[int, str], labels:
         bar.close()
     failures.sort(key=lambda f: f.position)
     if failures and errors == "warn":
-        print(f"{what}: {_summary(failures, len(prompts))}", file=sys.stderr)
+        from .markup import inert_text
+
+        print(inert_text(f"{what}: {_summary(failures, len(prompts))}"), file=sys.stderr)
     return results
 
 

@@ -147,15 +147,16 @@ def fit_to_context(messages: list[Message], count: Callable[[list[Message]], int
     return window(good), total - good
 
 
-def transcript(turns: Iterable[Turn], system: str | None, markdown: bool = True) -> str:
-    """A readable history of a chat."""
-    lines = []
-    if system:
-        lines.append(f"**System:** {system}" if markdown else f"System: {system}")
+def transcript_sections(turns: Iterable[Turn], system: str | None) -> list[tuple[str, str]]:
+    """A chat's history as (label, text) pieces: the system prompt, then each prompt and reply."""
+    sections = [("System", system)] if system else []
     for turn in turns:
         mark = "" if turn.status == "complete" else f" [{turn.status}]"
-        if markdown:
-            lines += [f"**You:** {turn.user}", f"**Llama{mark}:** {turn.assistant}"]
-        else:
-            lines += [f"You: {turn.user}", f"Llama{mark}: {turn.assistant}"]
-    return "\n\n".join(lines) if lines else "(empty)"
+        sections += [("You", turn.user), (f"Llama{mark}", turn.assistant)]
+    return sections
+
+
+def transcript(turns: Iterable[Turn], system: str | None) -> str:
+    """A readable plain-text history of a chat."""
+    sections = transcript_sections(turns, system)
+    return "\n\n".join(f"{label}: {text}" for label, text in sections) if sections else "(empty)"

@@ -18,7 +18,15 @@ _state: dict[int, dict[str, Any]] = {}
 
 def _show_llama_error(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> None:
     # llama.ask(...) and friends in a cell: one line, as for a magic's usage error.
-    print(f"{etype.__name__}: {value}", file=sys.stderr)
+    from .markup import inert_text
+
+    print(inert_text(f"{etype.__name__}: {value}"), file=sys.stderr)
+
+
+def _notify(line: str) -> None:
+    from .markup import inert_text
+
+    print(inert_text(line))
 
 
 def _is_real_failure(error: BaseException | None) -> bool:
@@ -67,7 +75,7 @@ def load(shell: Any) -> None:
 
     shell.events.register("pre_run_cell", remember_cell)
     shell.events.register("post_run_cell", remember_error)
-    session.notify = print
+    session.notify = _notify
     saver = _start_autosave(shell, session)
     custom = not shell.custom_exceptions
     if custom:

@@ -13,7 +13,9 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 
 from . import prompts, render
+from .conversation import transcript_sections
 from .errors import LlamaError
+from .markup import inert_text
 from .response import Request
 from .session import Session
 
@@ -151,11 +153,16 @@ class LlamaMagics(Magics):
                 self._show(response, plain=args.format == "text")
                 self._deliver(response.text, args.format, args.out)
         except LlamaError as e:
-            raise UsageError(str(e)) from None
+            raise UsageError(inert_text(str(e))) from None
+
+    @staticmethod
+    def _say(line: str) -> None:
+        """A one-line answer in the cell; it may quote names from a chat file, so control characters are made visible."""
+        print(inert_text(line))
 
     def _show(self, response: Any, plain: bool = False) -> None:
         render.show(response, self.shell, mode=self.settings.render, rate=self.settings.updates_per_second,
-                    plain=plain, quiet=self.settings.quiet)
+                    plain=plain, quiet=self.settings.quiet, remote_images=self.settings.remote_images)
 
     # -- the cell magic ---------------------------------------------------------------------------
     def _request(self, args: Any, cell: str) -> Request:
@@ -208,33 +215,35 @@ class LlamaMagics(Magics):
 
     def _cmd_load(self, args: Any) -> None:
         engine = self.session.load(args.model, device=args.device, compute_type=args.compute_type, revision=args.revision)
-        print(f"Loaded {engine.name} on {engine.device} ({engine.compute_type}).")
+        self._say(f"Loaded {engine.name} on {engine.device} ({engine.compute_type}).")
 
     def _cmd_unload(self, args: Any) -> None:
-        print("Model unloaded." if self.session.unload() else "No model was loaded.")
+        self._say("Model unloaded." if self.session.unload() else "No model was loaded.")
 
     def _cmd_status(self, args: Any) -> None:
         s = self.session.status()
         model = "no model loaded" if s["model"] is None else (
             f"{s['model']} on {s['device']} ({s['compute_type']}), context {s['context_length']} tokens")
         chats = ", ".join(f"{n} ({k} turn{'s' if k != 1 else ''})" for n, k in s["chats"].items()) or "none"
-        print(f"Model: {model}\nChats: {chats}")
+        self._say(f"Model: {model}\nChats: {chats}")
 
     def _cmd_history(self, args: Any) -> None:
-        render.show_markdown(self.session.transcript(args.chat), self.shell, self.settings.render)
+        chat = self.session.chat(args.chat, create=False)
+        render.show_transcript(transcript_sections(chat.turns, chat.system), self.shell, self.settings.render,
+                               remote_images=self.settings.remote_images)
 
     def _cmd_reset(self, args: Any) -> None:
         self.session.reset(args.chat)
-        print(f"Chat {args.chat!r} cleared.")
+        self._say(f"Chat {args.chat!r} cleared.")
 
     def _cmd_undo(self, args: Any) -> None:
         turn = self.session.undo(args.chat)
-        print(f"Removed the last exchange of chat {args.chat!r} ({turn.user[:60]!r}).")
+        self._say(f"Removed the last exchange of chat {args.chat!r} ({turn.user[:60]!r}).")
 
     def _cmd_system(self, args: Any) -> None:
         text = " ".join(args.text).strip()
         self.session.chat(args.chat).set_system(text or None)
-        print(f"System prompt of chat {args.chat!r} {'set' if text else 'cleared'}.")
+        self._say(f"System prompt of chat {args.chat!r} {'set' if text else 'cleared'}.")
 
     def _cmd_chat(self, args: Any) -> None:
         from IPython.display import display
@@ -249,7 +258,7 @@ class LlamaMagics(Magics):
             store.write(args.file, chats, store.notebook_of(self.shell))
         except OSError as e:
             raise LlamaError(f"Could not write {args.file} ({e.strerror or e}).") from None
-        print(f"Saved {store.count(chats)} to {args.file}.")
+        self._say(f"Saved {store.count(chats)} to {args.file}.")
 
     def _cmd_restore(self, args: Any) -> None:
         from . import store
@@ -264,7 +273,7 @@ class LlamaMagics(Magics):
                 raise LlamaError(f"{args.file} holds no chat named {args.chat!r}.")
         replaced = [c.name for c in saved if store.put(self.session.chats, c)]
         note = f" Replaced what chat {', '.join(map(repr, replaced))} held before." if replaced else ""
-        print(f"Restored {store.count(saved)} from {args.file}.{note}")
+        self._say(f"Restored {store.count(saved)} from {args.file}.{note}")
 
     def _remember_error(self) -> None:
         """Note the last error shown with a traceback (IPython keeps it in sys.last_value) for %llama explain."""

@@ -11,7 +11,8 @@ import ipywidgets as widgets
 
 from .conversation import Chat, Turn
 from .errors import LlamaError
-from .render import close_open_fence, with_mark
+from .markup import Streaming, inert_text
+from .render import reply_bundle
 from .response import Request, Response
 from .session import Session
 
@@ -51,8 +52,8 @@ def _number(text: str) -> Any:
         return text  # the session says what is wrong with it, in one line
 
 
-def _markdown(role: str, text: str) -> dict[str, Any]:
-    return {"output_type": "display_data", "data": {"text/markdown": text, "text/plain": text}, "metadata": {"role": role}}
+def _message(role: str, data: dict[str, str]) -> dict[str, Any]:
+    return {"output_type": "display_data", "data": data, "metadata": {"role": role}}
 
 
 class ChatPanel:
@@ -68,6 +69,7 @@ class ChatPanel:
         self._waiting = self._stop_asked = self._closed = False
         self._boxes: list[widgets.Output] = []
         self._shown: list[tuple[str, str]] = []
+        self._partial = Streaming()  # renders the reply being written
         self._build()
         self._unobserve = self.chat.observe(self._on_chat_changed)
         self._refresh()
@@ -129,6 +131,7 @@ class ChatPanel:
                 return False
             options = {n: _number(getattr(self, n).value.strip()) for n in NUMBERS if getattr(self, n).value.strip()}
             self._pending, self._response, self._waiting, self._stop_asked = text, None, False, False
+            self._partial = Streaming(remote_images=self.session.settings.remote_images)
             if from_input:
                 self.input.value = ""
             self._refresh()
@@ -230,15 +233,15 @@ class ChatPanel:
     def _items(self) -> list[tuple[str, str]]:
         response, user = self._response, self._pending
         asking = user is not None and (response is None or response.status in ("pending", "streaming"))
-        items: list[tuple[str, str]] = []
+        items: list[tuple[str, str, str]] = []  # (role, markdown, status)
         for turn in list(self.chat.turns):
-            items += [("user", turn.user), ("assistant", with_mark(close_open_fence(turn.assistant), turn.status))]
+            items += [("user", turn.user, "complete"), ("assistant", turn.assistant, turn.status)]
         if asking:
             text = response.text if response is not None else ""
-            items += [("user", user), ("assistant", close_open_fence(text) if text else
-                                       "*waiting for the model…*" if self._waiting else "…")]
+            items += [("user", user, "complete"),
+                      ("assistant", text or ("*waiting for the model…*" if self._waiting else "…"), "streaming")]
         # the user's own line breaks are kept (markdown would join the lines)
-        return [(role, text.replace("\n", "  \n") if role == "user" else text) for role, text in items]
+        return [(role, text.replace("\n", "  \n") if role == "user" else text, status) for role, text, status in items]
 
     def _refresh(self) -> None:
         """Show the chat's turns (and this panel's exchange in flight); enable the buttons that apply now."""
@@ -249,14 +252,19 @@ class ChatPanel:
             while len(self._boxes) < len(items):
                 self._boxes.append(widgets.Output().add_class("ct2-msg"))
                 self._shown.append(("", ""))
-            for i, (role, text) in enumerate(items):
+            remote_images = self.session.settings.remote_images
+            for i, (role, text, status) in enumerate(items):
                 box, (old_role, old_text) = self._boxes[i], self._shown[i]
                 if role != old_role:
                     box.remove_class(f"ct2-{old_role}")
                     box.add_class(f"ct2-{role}")
-                if (role, text) != (old_role, old_text):
-                    box.outputs = (_markdown(role, text),)
-                    self._shown[i] = (role, text)
+                if (role, text + status) != (old_role, old_text):
+                    # The untrusted text as sanitised HTML (never text/markdown); a reply being written
+                    # re-renders only its last block.
+                    data = ({"text/html": self._partial.html(text)} if status == "streaming"
+                            else reply_bundle(text, status, remote_images=remote_images))
+                    box.outputs = (_message(role, data),)
+                    self._shown[i] = (role, text + status)
             extra = self._boxes[len(items):]
             del self._boxes[len(items):], self._shown[len(items):]
             if tuple(self.messages.children) != tuple(self._boxes):
@@ -270,7 +278,7 @@ class ChatPanel:
 
     def _say(self, text: str, error: bool = False) -> None:
         with self._lock:
-            self.status.value = " ".join(str(text).split())  # always one line
+            self.status.value = " ".join(inert_text(text).split())  # always one line, never markup
             (self.status.add_class if error else self.status.remove_class)("ct2-error")
 
     def _idle_line(self) -> str:

@@ -10,20 +10,7 @@ from typing import Any
 
 _FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,})(.*)$", re.MULTILINE)  # any indent: fences nest in list items
 _MARKS = {"interrupted": "⏹ *interrupted*", "stopped": "⏹ *stopped*"}
-
-
-def close_open_fence(text: str) -> str:
-    """Close a code fence the model has opened but not yet closed, so the partial reply renders as code."""
-    opener: tuple[str, str] | None = None  # (indent, fence)
-    for m in _FENCE.finditer(text):
-        indent, fence, rest = m.groups()
-        if opener is None:
-            opener = (indent, fence)
-        elif fence[0] == opener[1][0] and len(fence) >= len(opener[1]) and not rest.strip():
-            opener = None
-    if opener is None:
-        return text
-    return text + ("" if text.endswith("\n") else "\n") + opener[0] + opener[1]
+_PLAIN_MARKS = {status: f"[{status}]" for status in _MARKS}
 
 
 def wants_markdown(shell: Any, mode: str = "auto") -> bool:
@@ -37,9 +24,21 @@ def wants_markdown(shell: Any, mode: str = "auto") -> bool:
     return type(shell.display_pub) is not DisplayPublisher
 
 
-def with_mark(text: str, status: str, marks: dict[str, str] = _MARKS) -> str:
+def with_mark(text: str, status: str, marks: dict[str, str] = _PLAIN_MARKS) -> str:
+    """Plain text with its status mark ([interrupted], [stopped]) after it."""
     mark = marks.get(status)
     return text if mark is None else f"{text}\n\n{mark}" if text else mark
+
+
+def reply_bundle(text: str, status: str = "complete", *, remote_images: bool = False) -> dict[str, str]:
+    """A finished (or stopped) reply as sanitised HTML and inert plain text, with its status mark."""
+    from .markup import bundle, to_html
+
+    out = bundle(text, remote_images=remote_images, plain=with_mark(text, status))
+    mark = _MARKS.get(status)
+    if mark is not None:  # rendered on its own, so an unclosed code fence in the reply cannot swallow it
+        out["text/html"] += to_html(mark)
+    return out
 
 
 # Each update re-sends the whole reply, so long replies update less often: about this many characters
@@ -48,60 +47,65 @@ CHARS_PER_SECOND = 32768
 
 
 class MarkdownStream:
-    """One display, updated with markdown at most `rate` times a second, and once more in full at the end."""
+    """One display, updated with sanitised HTML at most `rate` times a second, and once more in full at the end.
 
-    marks = _MARKS
-    partial_type = "text/markdown"  # what updates while streaming carry; the final one carries text/plain too
+    The reply is untrusted: it is shown only as HTML made by `markup` (raw HTML from the model is text)
+    and as inert plain text; it is never sent as text/markdown, which JupyterLab renders with raw HTML.
+    """
 
-    def __init__(self, rate: float = 15.0) -> None:
+    def __init__(self, rate: float = 15.0, *, remote_images: bool = False) -> None:
+        from .markup import Streaming
+
         self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.remote_images = remote_images
         self.handle = None
         self.updates = 0
         self._last = 0.0
+        self._partial = Streaming(remote_images=remote_images)
 
-    def _bundle(self, text: str) -> dict[str, str]:
-        return {"text/markdown": text, "text/plain": text}
+    def _final(self, text: str, status: str) -> dict[str, str]:
+        return reply_bundle(text, status, remote_images=self.remote_images)
 
-    def _shape(self, text: str) -> str:
-        return close_open_fence(text)
+    def _partial_bundle(self, text: str) -> dict[str, str]:
+        return {"text/html": self._partial.html(text)}  # partial updates carry one type: half the bytes
 
     def start(self, placeholder: str = "…") -> None:
         from IPython.display import display
 
-        self.handle = display(self._bundle(placeholder), raw=True, display_id=True)
+        self.handle = display(self._final(placeholder, "complete"), raw=True, display_id=True)
         self._last = float("-inf")  # the first piece of text shows at once
 
     def waiting(self, waiting: bool) -> None:
-        self.handle.update(self._bundle("*waiting for the model…*" if waiting else "…"), raw=True)
+        self.handle.update(self._final("*waiting for the model…*" if waiting else "…", "complete"), raw=True)
 
     def update(self, text: str) -> None:
         now = time.perf_counter()
         if now - self._last >= max(self.interval, len(text) / CHARS_PER_SECOND):
             self._last = now
             self.updates += 1
-            self.handle.update({self.partial_type: self._shape(text)}, raw=True)
+            self.handle.update(self._partial_bundle(text), raw=True)
 
     def finish(self, text: str, status: str, metadata: dict[str, Any]) -> None:
         self.updates += 1
-        self.handle.update(self._bundle(with_mark(self._shape(text), status, self.marks)), raw=True,
-                           metadata={"ct2_magics": metadata})
+        self.handle.update(self._final(text, status), raw=True, metadata={"ct2_magics": metadata})
 
 
 class PlainStream(MarkdownStream):
-    """Like MarkdownStream, but the display holds text/plain only (-f text in a notebook)."""
+    """Like MarkdownStream, but the display holds inert text/plain only (-f text in a notebook)."""
 
-    marks = {status: f"[{status}]" for status in _MARKS}
-    partial_type = "text/plain"
+    def _final(self, text: str, status: str) -> dict[str, str]:
+        from .markup import inert_text
 
-    def _bundle(self, text: str) -> dict[str, str]:
-        return {"text/plain": text}
+        return {"text/plain": inert_text(with_mark(text, status))}
 
-    def _shape(self, text: str) -> str:
-        return text
+    def _partial_bundle(self, text: str) -> dict[str, str]:
+        from .markup import inert_text
+
+        return {"text/plain": inert_text(text)}
 
 
 class TextStream:
-    """Plain text printed as it comes (terminal IPython, scripts)."""
+    """Plain text printed as it comes (terminal IPython, scripts), control characters made visible."""
 
     def __init__(self, out: Any = None) -> None:
         self.out = out or sys.stdout
@@ -115,7 +119,9 @@ class TextStream:
             self.out.write("(waiting for the model…)\n")
 
     def update(self, text: str) -> None:
-        self.out.write(text[self._shown:])
+        from .markup import inert_text
+
+        self.out.write(inert_text(text[self._shown:]))
         self.out.flush()
         self._shown = len(text)
 
@@ -127,15 +133,17 @@ class TextStream:
 
 
 def show(response: Any, shell: Any, *, mode: str = "auto", rate: float = 15.0, plain: bool = False,
-         quiet: bool = False) -> None:
+         quiet: bool = False, remote_images: bool = False) -> None:
     """Stream `response` into the current cell; a KeyboardInterrupt keeps the partial reply, then propagates."""
     if not wants_markdown(shell, mode):
         view: MarkdownStream | TextStream = TextStream()
     else:
-        view = PlainStream(rate) if plain else MarkdownStream(rate)
+        view = PlainStream(rate) if plain else MarkdownStream(rate, remote_images=remote_images)
     if not quiet:
+        from .markup import inert_text
+
         for line in response.notices:
-            print(line)
+            print(inert_text(line))
     view.start()
     response.on_waiting = view.waiting
     try:
@@ -148,14 +156,19 @@ def show(response: Any, shell: Any, *, mode: str = "auto", rate: float = 15.0, p
     view.finish(response.text, response.status, response.metadata())
 
 
-def show_markdown(text: str, shell: Any, mode: str = "auto") -> None:
-    """A finished piece of markdown (history, status) in the cell, or plain text in a terminal."""
+def show_transcript(sections: list[tuple[str, str]], shell: Any, mode: str = "auto", *,
+                    remote_images: bool = False) -> None:
+    """A chat's history in the cell: each labelled piece rendered on its own (sanitised), or plain text in a terminal."""
+    from .markup import inert_text, sections_html
+
+    plain = "\n\n".join(f"{label}: {text}" for label, text in sections) if sections else "(empty)"
     if wants_markdown(shell, mode):
         from IPython.display import display
 
-        display({"text/markdown": text, "text/plain": text}, raw=True)
+        html = sections_html(sections, remote_images=remote_images) if sections else "<p>(empty)</p>"
+        display({"text/html": html, "text/plain": inert_text(plain)}, raw=True)
     else:
-        print(text)
+        print(inert_text(plain))
 
 
 def code_block(text: str) -> str | None:

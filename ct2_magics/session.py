@@ -122,9 +122,10 @@ class Session:
         """The chat as {'role', 'content'} messages, ready for a chat template."""
         return self.chats.get(chat, create=False).messages()
 
-    def transcript(self, chat: str = "default", markdown: bool = True) -> str:
+    def transcript(self, chat: str = "default") -> str:
+        """The chat as readable plain text."""
         c = self.chats.get(chat, create=False)
-        return transcript(c.turns, c.system, markdown)
+        return transcript(c.turns, c.system)
 
     def reset(self, chat: str = "default") -> None:
         self.chats.get(chat).reset()

@@ -15,9 +15,50 @@ def published(shell: Any) -> list[dict]:
     return list(shell.display_pub.outputs)
 
 
-def markdowns(shell: Any) -> list[str]:
-    """The text/markdown of every display and display update, in order."""
-    return [o["data"]["text/markdown"] for o in shell.display_pub.outputs if "text/markdown" in o["data"]]
+def html_text(html: str) -> str:
+    """The visible text of an HTML fragment, whitespace runs as one space (what a reader sees)."""
+    from html.parser import HTMLParser
+
+    parts: list[str] = []
+    skip = [0]
+
+    class Text(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            skip[0] += tag == "style"
+
+        def handle_endtag(self, tag):
+            skip[0] -= tag == "style"
+
+        def handle_data(self, data):
+            if not skip[0]:
+                parts.append(data)
+
+    Text(convert_charrefs=True).feed(html)
+    return " ".join("".join(parts).split())
+
+
+def html_tags(html: str) -> list[tuple[str, dict[str, str]]]:
+    """Every element of an HTML fragment as (tag, attributes), in document order."""
+    from html.parser import HTMLParser
+
+    found: list[tuple[str, dict[str, str]]] = []
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.append((tag, {k: v or "" for k, v in attrs}))
+
+    Tags(convert_charrefs=True).feed(html)
+    return found
+
+
+def htmls(shell: Any) -> list[str]:
+    """The text/html of every display and display update, in order."""
+    return [o["data"]["text/html"] for o in shell.display_pub.outputs if "text/html" in o["data"]]
+
+
+def plains(shell: Any) -> list[str]:
+    """The text/plain of every display and display update that has one, in order."""
+    return [o["data"]["text/plain"] for o in shell.display_pub.outputs if "text/plain" in o["data"]]
 
 
 def reply_outputs(shell: Any) -> list[dict]:

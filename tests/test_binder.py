@@ -17,7 +17,7 @@ nb = nbformat.read(sys.argv[1], as_version=4)
 nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": sys.argv[2]}}).execute()
 errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
 llama_cells = [c for c in nb.cells if c.cell_type == "code" and c.source.startswith("%%llama")]
-shown = [c for c in llama_cells if any("text/markdown" in o.get("data", {}) for o in c.outputs)]
+shown = [c for c in llama_cells if any("text/html" in o.get("data", {}) for o in c.outputs)]
 print("cells", len(llama_cells), "shown", len(shown), "errors", len(errors))
 """
 

@@ -7,7 +7,6 @@ import sys
 import pytest
 from IPython.core.error import UsageError
 
-from ct2_magics.render import close_open_fence
 from helpers import reply_outputs, run
 
 CODE_REPLY = "Here:\n```\n\nfound = 7\n```"  # the script models can replay only some texts; these build
@@ -40,7 +39,7 @@ def test_out_stores_the_exact_reply(shell, llama):
     reply = shell.user_ns["reply"]
     assert isinstance(reply, str) and reply
     assert reply == llama.history()[-1]["content"]
-    assert reply_outputs(shell)[-1]["data"]["text/markdown"] == close_open_fence(reply)
+    assert reply_outputs(shell)[-1]["data"]["text/plain"] == reply
 
 
 def test_out_must_be_a_variable_name(shell, llama, capsys):
@@ -69,7 +68,8 @@ def test_format_code_offers_the_code_as_the_next_cell_without_running_it(shell, 
     assert shell.rl_next_input == "found = 7"
     assert shell.user_ns["snippet"] == "found = 7"
     assert "found" not in shell.user_ns
-    assert reply_outputs(shell)[-1]["data"]["text/markdown"] == CODE_REPLY
+    assert reply_outputs(shell)[-1]["data"]["text/plain"] == CODE_REPLY
+    assert "<pre" in reply_outputs(shell)[-1]["data"]["text/html"]
 
 
 def test_format_code_without_a_code_block_is_one_line(shell, script_model, llama, capsys):
@@ -96,7 +96,7 @@ def test_format_json_with_a_non_json_reply_is_one_line_and_keeps_the_reply(shell
     assert "not JSON" in err and "data holds the raw reply" in err
     assert shell.user_ns["data"] == PROSE_REPLY
     assert llama.history()[-1] == {"role": "assistant", "content": PROSE_REPLY}
-    assert reply_outputs(shell)[-1]["data"]["text/markdown"] == PROSE_REPLY
+    assert reply_outputs(shell)[-1]["data"]["text/plain"] == PROSE_REPLY
 
 
 # -- {variable} prompts ---------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def test_explain_sends_the_error_and_its_cell_and_streams_a_reply(shell, llama, 
     assert "interactiveshell" not in prompt  # IPython's own frames are left out
     outs = reply_outputs(shell)
     assert len(outs) >= 2
-    assert outs[-1]["data"]["text/markdown"] == close_open_fence(llama.history("explain")[-1]["content"])
+    assert outs[-1]["data"]["text/plain"] == llama.history("explain")[-1]["content"]
     assert [c.name for c in llama.chats] == ["explain"]  # the default chat is untouched
 
 

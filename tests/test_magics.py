@@ -9,7 +9,7 @@ import textwrap
 import pytest
 from IPython.core.error import UsageError
 
-from helpers import markdowns, reference_greedy, reply_outputs, run
+from helpers import html_text, plains, reference_greedy, reply_outputs, run
 
 SCRIPT = "नमस्ते दुनिया 🙂 สวัสดี 你好世界"
 
@@ -34,10 +34,11 @@ def test_stream_grows_as_prefixes_and_matches_reference_decode(shell, demo_model
     assert run(shell, f"%%llama -t 0 -n 60\n{prompt}").success
     outs = reply_outputs(shell)
     assert len(outs) >= 2 and not outs[0]["update"] and all(o["update"] for o in outs[1:])
-    texts = [o["data"]["text/markdown"] for o in outs[1:]]
+    texts = [html_text(o["data"]["text/html"]) for o in outs[1:]]
     final = texts[-1]
     expected = reference_greedy(demo_model, [{"role": "user", "content": prompt}], 60)
-    assert final == expected and final
+    assert outs[-1]["data"]["text/plain"] == expected and final
+    assert "text/markdown" not in outs[-1]["data"]  # JupyterLab would render raw HTML in it
     for partial in texts[:-1]:
         assert final.startswith(partial)
     meta = outs[-1]["metadata"]["ct2_magics"]
@@ -51,8 +52,9 @@ def test_stream_grows_as_prefixes_and_matches_reference_decode(shell, demo_model
 def test_multilingual_reply_streams_without_replacement_characters(shell, script_model):
     shell.run_line_magic("llama", f"load {script_model(SCRIPT)}")
     assert run(shell, "%%llama -t 0 -n 100\nGreet me in four languages.").success
-    texts = [o["data"]["text/markdown"] for o in reply_outputs(shell)[1:]]
-    assert texts[-1] == SCRIPT
+    outs = reply_outputs(shell)[1:]
+    texts = [o["data"]["text/html"] for o in outs]
+    assert outs[-1]["data"]["text/plain"] == SCRIPT and html_text(texts[-1]) == SCRIPT
     assert all("\ufffd" not in t for t in texts)
     from ct2_magics import llama
 
@@ -64,11 +66,11 @@ def test_unclosed_code_fence_renders_as_code_while_streaming(shell, script_model
     shell.run_line_magic("llama", f"load {script_model(script)}")
     shell.run_line_magic("config", "LlamaSettings.updates_per_second = 100000")
     assert run(shell, "%%llama -t 0\ncode please").success
-    texts = [o["data"]["text/markdown"] for o in reply_outputs(shell)[1:]]
+    texts = [o["data"]["text/html"] for o in reply_outputs(shell)[1:]]
     assert llama.history()[-1]["content"] == script
-    assert texts[-1] == script + "\n```"
-    opened = [t for t in texts if "```" in t]
-    assert len(opened) >= 2 and all(t.endswith("\n```") for t in opened)
+    assert '<pre class="ct2-code"><code>' in texts[-1] and "print" in texts[-1].split("<pre")[1]
+    opened = [t for t in texts if "```" in html_text(t) or "<pre" in t]
+    assert len(opened) >= 2 and all("<pre" in t and "```" not in html_text(t) for t in opened)
 
 
 def test_followups_share_history_and_options(shell, llama):
@@ -106,7 +108,7 @@ def test_undo_reset_system_and_history_commands(shell, llama, capsys):
     assert llama.history()[0] == {"role": "system", "content": "Answer in French."}
     shell.display_pub.outputs.clear()
     run(shell, "%llama history")
-    assert "**You:** one" in markdowns(shell)[-1]
+    assert "You: one" in plains(shell)[-1]
     run(shell, "%llama reset")
     assert llama.history() == [{"role": "system", "content": "Answer in French."}]
     run(shell, "%llama status")
@@ -216,17 +218,6 @@ def test_terminal_shell_prints_plain_text(ipython, demo_model, capfd):
     finally:
         ipython.run_line_magic("unload_ext", "ct2_magics")
         session.drop_session()
-
-
-def test_close_open_fence_cases():
-    from ct2_magics.render import close_open_fence
-
-    assert close_open_fence("a\n```py\nx") == "a\n```py\nx\n```"
-    assert close_open_fence("a\n```py\nx\n```\n") == "a\n```py\nx\n```\n"
-    assert close_open_fence("- item\n    ```py\n    x = 1") == "- item\n    ```py\n    x = 1\n    ```"
-    assert close_open_fence("```\n```python\n") == "```\n```python\n```"
-    assert close_open_fence("~~~\n```\n") == "~~~\n```\n~~~"
-    assert close_open_fence("no code") == "no code"
 
 
 def test_a_system_prompt_is_cached_and_changes_nothing(shell, llama, demo_model):

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from ct2_magics.render import close_open_fence, with_mark
-from helpers import reference_greedy, run
+from ct2_magics.render import with_mark
+from helpers import html_text, reference_greedy, run
 
 SCRIPT = "Hello from the panel. This reply streams in small pieces, one token at a time, and then it ends."
 TOKENS = re.compile(r"(\d+) tokens · ([\d.]+) tokens/s")
@@ -32,13 +32,13 @@ def panel(llama):
 
 
 def shown(p) -> list[tuple[str, str]]:
-    """(role, markdown) of every message box, as the front end gets them."""
+    """(role, visible text) of every message box, from the sanitised HTML the front end gets."""
     out = []
     for box in p.messages.children:
         role = next(c[4:] for c in box._dom_classes if c in ("ct2-user", "ct2-assistant"))
         (output,) = box.outputs
-        assert output["output_type"] == "display_data"
-        out.append((role, output["data"]["text/markdown"]))
+        assert output["output_type"] == "display_data" and "text/markdown" not in output["data"]
+        out.append((role, html_text(output["data"]["text/html"])))
     return out
 
 
@@ -69,7 +69,7 @@ def test_send_streams_markdown_into_the_messages_and_records_the_turn(llama, pan
     assert p.retry_button.disabled and p.undo_button.disabled and p.new_chat_button.disabled
     reply_box = p.messages.children[-1]
     seen: list[str] = []
-    reply_box.observe(lambda change: seen.append(change["new"][0]["data"]["text/markdown"]), "outputs")
+    reply_box.observe(lambda change: seen.append(html_text(change["new"][0]["data"]["text/html"])), "outputs")
     assert p.wait(30)
     assert shown(p) == [("user", "Say hello."), ("assistant", SCRIPT)]
     assert len(seen) >= 3 and seen[-1] == SCRIPT
@@ -119,8 +119,9 @@ def test_stop_ends_decoding_at_once_and_keeps_the_partial_answer(llama, panel, l
     assert stop_s < 1.0, f"stopping took {stop_s:.2f}s"
     turn = llama.chat().turns[-1]
     assert turn.status == "stopped" and len(turn.assistant) > 40
-    assert shown(p)[-1] == ("assistant", with_mark(close_open_fence(turn.assistant), "stopped"))
-    assert shown(p)[-1][1].endswith("\n\n⏹ *stopped*")
+    (output,) = p.messages.children[-1].outputs
+    assert output["data"]["text/plain"] == with_mark(turn.assistant, "stopped")
+    assert shown(p)[-1][1].endswith("⏹ stopped")
     assert "stopped" in p.status.value and int(TOKENS.search(p.status.value).group(1)) < 3000
     assert not p.send_button.disabled and p.stop_button.disabled
     streaming = [t for t in updates if t < started]
@@ -195,7 +196,7 @@ def test_a_busy_model_shows_waiting_then_answers(llama, panel, long_model):
     assert wait_for(lambda: llama.engine.lock.locked() and len(shown(first)[-1][1]) > 5)
     second.send("My turn?")
     assert wait_for(lambda: second.status.value == "waiting for the model…")
-    assert shown(second)[-1] == ("assistant", "*waiting for the model…*")
+    assert shown(second)[-1] == ("assistant", "waiting for the model…")
     first.stop()
     assert first.wait(5) and second.wait(30)
     assert llama.chat("other").turns[-1].status == "complete" and TOKENS.search(second.status.value)
@@ -243,7 +244,7 @@ def test_errors_show_one_line_and_keep_the_history(shell, llama, panel, monkeypa
     assert p.wait(30)
     assert p.status.value == "RuntimeError: the decoder failed with a long story"
     assert llama.chat().turns[-1].status == "interrupted" and llama.chat().turns[-1].assistant == "partial "
-    assert shown(p)[-1] == ("assistant", "partial \n\n⏹ *interrupted*")
+    assert shown(p)[-1] == ("assistant", "partial ⏹ interrupted")
 
 
 def test_unloading_while_the_panel_streams_stops_it_first(shell, llama, long_model):

@@ -29,7 +29,8 @@ def test_interrupt_stops_decoding_and_keeps_the_partial_reply(shell, long_model)
     last = llama.chat().turns[-1]
     assert last.status == "interrupted" and 0 < len(last.assistant)
     final = reply_outputs(shell)[-1]
-    assert final["data"]["text/markdown"].endswith("*interrupted*")
+    assert final["data"]["text/plain"].endswith("[interrupted]")
+    assert final["data"]["text/html"].endswith("<em>interrupted</em></p>\n</div>")
     assert final["metadata"]["ct2_magics"]["status"] == "interrupted"
     assert final["metadata"]["ct2_magics"]["reply_tokens"] < 3000
     assert run(shell, "%%llama -n 5\nnext").success

@@ -15,7 +15,7 @@ SAMPLER = """() => {
   const panel = document.querySelector('.ct2-panel');
   window.__ct2Sampler = setInterval(() => {
     const boxes = panel.querySelectorAll('.ct2-assistant');
-    const md = boxes.length ? boxes[boxes.length - 1].querySelector('.jp-RenderedMarkdown') : null;
+    const md = boxes.length ? boxes[boxes.length - 1].querySelector('.jp-RenderedHTMLCommon') : null;
     const sample = [boxes.length, md ? md.innerText.length : -1];
     const seen = window.__ct2Lengths;
     const last = seen[seen.length - 1];
@@ -50,9 +50,9 @@ def test_chat_panel_streams_stops_and_shares_the_chat(page, lab, demo_model, lon
     expect(send).to_be_enabled()
     expect(status).to_contain_text("tokens/s")
     user = panel.locator(".ct2-user").first
-    expect(user.locator(".jp-RenderedMarkdown strong")).to_have_text("bold")
-    expect(user.locator(".jp-RenderedMarkdown code")).to_have_text("code")
-    assert assistant.first.locator(".jp-RenderedMarkdown").inner_text().strip()
+    expect(user.locator(".jp-RenderedHTMLCommon strong")).to_have_text("bold")
+    expect(user.locator(".jp-RenderedHTMLCommon code")).to_have_text("code")
+    assert assistant.first.locator(".jp-RenderedHTMLCommon").inner_text().strip()
 
     # A model that never ends a reply by itself, so the answer takes long enough to watch it grow.
     run_new_cell(page, f"%llama load {long_model}")
