@@ -151,6 +151,8 @@ class Response:
         self._stop.set()
         if self.status in ("pending", "streaming"):
             self._finish("interrupted")
+        if self._pieces is not None:
+            self._pieces.close()  # the interrupt may have landed in the display code: free the model now
 
     def _finish(self, status: str) -> None:
         if self.status in ("complete", "interrupted", "stopped"):
