@@ -286,6 +286,11 @@ def _load_config(model_dir: Path) -> Any:
     """The transformers config of `model_dir`, without running repository code."""
     import transformers
 
+    from .modelfile import remote_code
+
+    code = remote_code(model_dir)
+    if code is not None:
+        raise LlamaError(f"{model_dir} asks to run its own Python code ({code}); ct2-magics never runs code from a model")
     try:
         return transformers.AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
     except Exception as exc:  # unknown model_type, custom code, malformed JSON all surface differently

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .chat_prompt import Encoder
 from .errors import LlamaError
-from .modelfile import check_llama3_rope, read_json, saved_compute_type
+from .modelfile import check_llama3_rope, read_json, remote_code, saved_compute_type
 from .quiet import quiet_libraries
 from .settings import Sampling
 
@@ -115,6 +116,7 @@ class Engine:
         chosen, notice = choose_compute_type(compute_type, self.device, self.saved_type)
         self.notices: list[str] = [n for n in (notice, check_llama3_rope(self.model_dir)) if n]
         self.tokenizer = load_tokenizer(self.model_dir)
+        self.encoder = Encoder(self.tokenizer, name)
         make_room()
         if threads == 0 and self.device == "cpu" and (self.model_dir / "model.bin").stat().st_size < SMALL_MODEL_BYTES:
             threads = 1  # a tiny model's steps are too small to split: 1 thread decoded 7x faster (BENCHMARKS.md)
@@ -148,18 +150,13 @@ class Engine:
         return int(limit) if 0 < limit < 10**7 else 8192
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """Token ids of the chat template applied to `messages`, ready for the assistant's turn."""
-        template = getattr(self.tokenizer, "chat_template", None)
-        if not template:
-            raise LlamaError(f"{self.name} has no chat template (tokenizer_config.json or chat_template.jinja); it is not a chat model.")
+        """Token ids of the chat template applied to `messages`, ready for the assistant's turn (message text stays text)."""
         # Fitting the chat to the context counts the very prompt that is then sent: encode it once.
-        key = (template, tuple((m["role"], m["content"]) for m in messages))
+        key = (getattr(self.tokenizer, "chat_template", None), tuple((m["role"], m["content"]) for m in messages))
         last = self._last_prompt
         if last is not None and last[0] == key:
             return list(last[1])
-        with quiet_libraries():
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            ids = self.tokenizer.encode(text, add_special_tokens=False)
+        ids = self.encoder.encode(messages)
         self._last_prompt = (key, ids)
         return list(ids)
 
@@ -167,9 +164,7 @@ class Engine:
         """Let prompts that start with this system prompt's block reuse its cached encoding (a few at most)."""
         if not system or system in self._system_blocks or len(self._system_blocks) >= MAX_CACHED_SYSTEM_PROMPTS:
             return
-        with quiet_libraries():
-            text = self.tokenizer.apply_chat_template([{"role": "system", "content": system}], tokenize=False)
-            self._system_blocks[system] = self.tokenizer.encode(text, add_special_tokens=False)
+        self._system_blocks[system] = self.encoder.encode([{"role": "system", "content": system}], add_generation_prompt=False)
 
     def _static_split(self, prompts: list[list[int]]) -> int:
         """Length of a registered system block that begins every prompt (0 when none does)."""
@@ -282,12 +277,16 @@ def _generation_defaults(gen_config: dict) -> dict[str, Any]:
 
 
 def load_tokenizer(model_dir: Path) -> Any:
-    """The model's own tokenizer and chat template, through transformers, quietly."""
+    """The model's own tokenizer and chat template, through transformers, quietly; never the model's own code."""
+    code = remote_code(model_dir)
+    if code is not None:
+        raise LlamaError(f"{model_dir} asks to run its own Python code ({code}); ct2-magics never runs code from a "
+                         "model, so it was not loaded. Use a model whose tokenizer is a plain tokenizer.json.")
     with quiet_libraries():
         from transformers import AutoTokenizer
 
         try:
-            return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+            return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
         except Exception as e:  # transformers raises many types for broken tokenizer files
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise LlamaError(f"Could not load the tokenizer in {model_dir} ({first}); copy the original model's tokenizer files there.") from None

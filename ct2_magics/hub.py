@@ -9,11 +9,13 @@ from pathlib import Path
 from .errors import LlamaError
 from .quiet import quiet_libraries
 
-# What a converted model needs; never code (*.py) and never pickles.
+# What a converted model needs, by exact name (a wildcard such as vocabulary.* would also fetch
+# vocabulary.py); never code (*.py) and never pickles.
 MODEL_FILES = [
     "model.bin",
     "config.json",
-    "vocabulary.*",
+    "vocabulary.json",
+    "vocabulary.txt",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",

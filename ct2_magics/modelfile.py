@@ -160,3 +160,22 @@ def _rope_warning(model_dir: Path, reason: str) -> str:
         f"{model_dir} {reason}, so its output drifts from the original model (most on long prompts); "
         f"reconvert it: %llama convert {source} <out> --quantization int8_float16"
     )
+
+
+def remote_code(model_dir: str | Path) -> str | None:
+    """The code a model folder asks to run (an `auto_map` entry in its configs), or None.
+
+    ct2-magics never runs a model's own code; transformers would ask on stdin, in the cell.
+    """
+    for name in ("config.json", "tokenizer_config.json", "processor_config.json"):
+        auto_map = read_json(Path(model_dir) / name).get("auto_map")
+        if not auto_map:
+            continue
+        refs = auto_map.values() if isinstance(auto_map, dict) else [auto_map]
+        for ref in refs:
+            for item in ref if isinstance(ref, list) else [ref]:
+                if isinstance(item, str) and item:
+                    module = item.split("--")[-1].rsplit(".", 1)[0]
+                    return f"{name} names {module}.py"
+        return f"{name} has an auto_map"
+    return None
