@@ -55,6 +55,13 @@ def notebook_file(notebook: str) -> Path:
     return data_root() / "chats" / f"{stem}-{digest}.json"
 
 
+def private_dir(path: Path) -> Path:
+    """Make `path` (and its missing parents) a directory only its owner can read (0700)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
 # -- format ---------------------------------------------------------------------------------------
 def to_dict(chats: Iterable[Chat], notebook: str | None = None) -> dict[str, Any]:
     """The save-file form of some chats."""
@@ -72,19 +79,31 @@ def to_dict(chats: Iterable[Chat], notebook: str | None = None) -> dict[str, Any
     }
 
 
+# A save file is data from disk: everything in it is checked before any of it reaches a chat.
+MAX_FILE_BYTES = 64 * 2**20
+MAX_TEXT_CHARS = 1_000_000  # one prompt or reply; far beyond any context window
+MAX_NAME_CHARS = 200
+STATUSES = ("complete", "interrupted", "stopped")
+_FILE_KEYS, _CHAT_KEYS, _TURN_KEYS = {"version", "notebook", "chats"}, {"system", "turns"}, {"user", "assistant", "status", "cell_id"}
+
+
 def from_dict(data: Any) -> list[Chat]:
-    """Detached chats from save-file data; raises Unreadable when it is not in this format."""
+    """Detached chats from save-file data; raises Unreadable when anything in it is not as this format says."""
     if not isinstance(data, dict) or not isinstance(data.get("chats"), dict):
         raise Unreadable("not a ct2-magics chat file")
     if data.get("version") != VERSION:
         raise Unreadable(f"format version {data.get('version')!r}, this ct2-magics reads version {VERSION}")
+    _known_keys(data, _FILE_KEYS, "the file")
+    _text(data.get("notebook"), "the notebook path", optional=True, limit=MAX_TEXT_CHARS)
     chats = []
     for name, body in data["chats"].items():
+        _text(name, "a chat name", limit=MAX_NAME_CHARS)
+        if name != name.strip() or not name.strip():
+            raise Unreadable(f"chat name {name!r} is blank or has spaces around it")
         if not isinstance(body, dict) or not isinstance(body.get("turns", []), list):
             raise Unreadable(f"chat {name!r} is malformed")
-        system = body.get("system")
-        if system is not None and not isinstance(system, str):
-            raise Unreadable(f"chat {name!r} has a system prompt that is not text")
+        _known_keys(body, _CHAT_KEYS, f"chat {name!r}")
+        system = _text(body.get("system"), f"the system prompt of chat {name!r}", optional=True)
         chats.append(Chat(name, system=system, turns=[_turn(name, t) for t in body.get("turns", [])]))
     return chats
 
@@ -92,11 +111,33 @@ def from_dict(data: Any) -> list[Chat]:
 def _turn(chat: str, data: Any) -> Turn:
     if not isinstance(data, dict):
         raise Unreadable(f"chat {chat!r} has a malformed turn")
-    turn = Turn(data.get("user"), data.get("assistant"), data.get("status", "complete"), data.get("cell_id"))
-    if not all(isinstance(v, str) for v in (turn.user, turn.assistant, turn.status)) or not (
-            turn.cell_id is None or isinstance(turn.cell_id, str)):
-        raise Unreadable(f"chat {chat!r} has a turn whose fields are not text")
-    return turn
+    _known_keys(data, _TURN_KEYS, f"a turn of chat {chat!r}")
+    status = data.get("status", "complete")
+    if status not in STATUSES:
+        raise Unreadable(f"chat {chat!r} has a turn with status {str(status)[:40]!r}; one of {', '.join(STATUSES)} was expected")
+    return Turn(_text(data.get("user"), f"a prompt of chat {chat!r}"), _text(data.get("assistant"), f"a reply of chat {chat!r}"),
+                status, _text(data.get("cell_id"), f"a cell id of chat {chat!r}", optional=True, limit=MAX_NAME_CHARS))
+
+
+def _known_keys(data: dict, known: set[str], where: str) -> None:
+    unknown = sorted(str(k)[:40] for k in set(data) - known)
+    if unknown:
+        raise Unreadable(f"{where} has unknown fields ({', '.join(map(repr, unknown[:3]))})")
+
+
+def _text(value: Any, what: str, *, optional: bool = False, limit: int = MAX_TEXT_CHARS) -> Any:
+    """`value` if it is acceptable text (or None when optional); Unreadable otherwise."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise Unreadable(f"{what} is not text")
+    if len(value) > limit:
+        raise Unreadable(f"{what} is {len(value):,} characters long, more than the {limit:,} a chat file may hold")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Unreadable(f"{what} holds an invalid character (a lone surrogate)") from None
+    return value
 
 
 # -- files ----------------------------------------------------------------------------------------
@@ -105,6 +146,7 @@ def write(path: str | Path, chats: Iterable[Chat], notebook: str | None = None) 
     path = Path(path).expanduser()
     text = json.dumps(to_dict(chats, notebook))
     path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp makes the file readable by its owner only (0600), and os.replace keeps that.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -122,6 +164,8 @@ def read(path: str | Path) -> list[Chat]:
     """Chats from a save file; raises Unreadable (a missing file included) with the reason."""
     path = Path(path).expanduser()
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise Unreadable(f"{path.stat().st_size:,} bytes, more than the {MAX_FILE_BYTES:,} a chat file may hold")
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise Unreadable(e.strerror or str(e)) from None
@@ -209,6 +253,7 @@ class AutoSaver:
             if self.disabled:
                 return False
             try:
+                private_dir(self.path.parent)
                 write(self.path, self.session.chats, self.notebook)
             except Exception as e:
                 if not self._failing:
