@@ -189,7 +189,17 @@ def test_a_corrupt_file_is_set_aside_with_one_line(shell, tmp_path, capsys):
     b'{"version": 2, "notebook": null, "chats": {}}',
     b'{"version": 1, "chats": {"default": {"turns": [{"user": 1, "assistant": "a"}]}}}',
     b"[]",
-])
+    # well-formed JSON, malformed chats: wrong types, unknown fields, huge or broken text
+    b'{"version": 1, "chats": {"default": {"system": 5, "turns": []}}}',
+    b'{"version": 1, "chats": {"default": {"turns": [{"user": "u", "assistant": "a", "evil": "x"}]}}}',
+    b'{"version": 1, "chats": {"default": {"turns": [], "colour": "red"}}}',
+    b'{"version": 1, "chats": {}, "extra": true}',
+    b'{"version": 1, "chats": {"default": {"turns": [{"user": "\\ud800", "assistant": "a"}]}}}',
+    b'{"version": 1, "chats": {"default": {"turns": [{"user": "u", "assistant": "a", "status": "<b>done</b>"}]}}}',
+    b'{"version": 1, "chats": {" ": {"turns": []}}}',
+    b'{"version": 1, "chats": {"default": {"turns": [{"user": "u", "assistant": "a", "cell_id": ["x"]}]}}}',
+    b'{"version": 1, "chats": {"default": {"turns": [{"user": "' + b"x" * 1_000_001 + b'", "assistant": "a"}]}}}',
+], ids=lambda c: c[:60].decode("utf-8", "replace"))
 def test_other_unreadable_files_are_set_aside_too(shell, tmp_path, capsys, content):
     path = tmp_path / "nb.ipynb"
     file = store.notebook_file(str(path))
@@ -201,6 +211,8 @@ def test_other_unreadable_files_are_set_aside_too(shell, tmp_path, capsys, conte
         assert "Could not read this notebook's saved chats" in one_line(capsys.readouterr().out)
         assert [p.read_bytes() for p in file.parent.iterdir()] == [content]
         assert len(session_module.get_session().chats) == 0
+        shell.run_line_magic("llama", "load demo")
+        assert run(shell, "%%llama -n 2\nhello").success  # the next request works
     finally:
         shell.user_ns.pop("__session__", None)
 
