@@ -165,7 +165,7 @@ def _publisher_class() -> type:
         def reset(self) -> None:
             """Forget what was sent; times count from now."""
             self.t0 = time.perf_counter()
-            self.events: list[dict[str, Any]] = []  # t, update, bytes, chars (text/markdown or text/plain)
+            self.events: list[dict[str, Any]] = []  # t, update, bytes, chars (text/plain, else text/html), text
             self.publish_s = 0.0  # time spent building and serialising messages
             self.last_metadata: dict[str, Any] = {}
 
@@ -179,8 +179,9 @@ def _publisher_class() -> type:
             else:
                 msg = self.session.msg("update_display_data" if update else "display_data", self._clean(content))
                 size = sum(len(frame) for frame in self.session.serialize(msg, ident=b"display_data"))
-            text = data.get("text/markdown", data.get("text/plain", ""))
-            self.events.append({"t": t - self.t0, "update": update, "bytes": size, "chars": len(text), "text": text})
+            text = data.get("text/plain", data.get("text/html", ""))
+            self.events.append({"t": t - self.t0, "update": update, "bytes": size, "chars": len(text), "text": text,
+                                "html": data.get("text/html")})
             self.last_metadata = metadata or {}
             self.publish_s += time.perf_counter() - t
 

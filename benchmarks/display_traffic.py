@@ -4,7 +4,7 @@ Every message is serialised and signed here exactly as ipykernel would send it. 
 at most 15 updates a second whatever the token rate (tiny model: hundreds of tokens a second;
 bench: tens); bytes per token for a 2,000-token answer reported, with how they grow with the
 answer's length. Baseline, same run, same reply: a plain streaming loop that updates the display
-with the whole reply (text/markdown and text/plain) at every piece of text, as a simple magic would.
+with the whole reply (sanitised HTML and plain text) at every piece of text, as a simple magic would.
 
     python benchmarks/display_traffic.py [--lengths 250,500,1000,2000] [--bench-lengths 250,2000]
 """
@@ -55,14 +55,15 @@ def naive_cell(publisher, tokens: int) -> dict:
     from IPython.display import DisplayHandle
 
     from ct2_magics import llama
+    from ct2_magics.markup import bundle
 
     publisher.reset()
     handle = DisplayHandle()
-    handle.display({"text/markdown": "…", "text/plain": "…"}, raw=True)
+    handle.display(bundle("…"), raw=True)
     text = ""
     for piece in llama.stream(PROMPT, once=True, temperature=0, max_tokens=tokens):
         text += piece
-        handle.update({"text/markdown": text, "text/plain": text}, raw=True)
+        handle.update(bundle(text), raw=True)
     return {"messages": len(publisher.events), "bytes": sum(e["bytes"] for e in publisher.events), "reply_chars": len(text)}
 
 

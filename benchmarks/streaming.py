@@ -19,6 +19,12 @@ from common import (BENCH, PROMPT, TINY, alternate, bench_model, header, kernel_
 PLACEHOLDERS = ("…", "*waiting for the model…*")
 
 
+def _placeholder(event: dict) -> bool:
+    from ct2_magics.markup import to_html
+
+    return event["text"] in PLACEHOLDERS or event["html"] in {to_html(p) for p in PLACEHOLDERS}
+
+
 def bare_path(engine, prompt: str, tokens: int):
     """A bare loop: prompt tokens made beforehand, generate_tokens, collect ids."""
     ids = engine.prompt_ids([{"role": "user", "content": prompt}])
@@ -59,7 +65,7 @@ def summarise(publisher, total: float) -> dict[str, float]:
     meta = publisher.last_metadata["ct2_magics"]
     events = [e for e in publisher.events if e["t"] >= 0]
     placeholder = next(e["t"] for e in events if not e["update"])
-    visible = next(e["t"] for e in events if e["update"] and e["text"] not in PLACEHOLDERS)
+    visible = next(e["t"] for e in events if e["update"] and not _placeholder(e))
     final = events[-1]["t"]
     middle = [e for e in events[1:-1] if e["update"]]
     n = meta["reply_tokens"]
