@@ -76,13 +76,19 @@ def bundle(text: str, *, remote_images: bool = False, plain: str | None = None) 
 
 
 def sections_html(sections: Iterable[tuple[str, str]], *, remote_images: bool = False) -> str:
-    """Labelled pieces of markdown (a transcript's turns), each rendered on its own."""
-    parts = []
-    for label, text in sections:
-        from markdown_it.common.utils import escapeHtml
+    """Labelled pieces of markdown (a transcript's turns), each rendered on its own, the label leading its first paragraph."""
+    from markdown_it.common.utils import escapeHtml
 
-        head = escapeHtml(label)
-        parts.append(f'<div class="ct2-turn"><p><strong>{head}</strong></p>{_block(text, remote_images)}</div>')
+    parts = []
+    opening = '<div class="ct2-md"><p>'
+    for label, text in sections:
+        head = f"<strong>{escapeHtml(label)}:</strong>"
+        body = _block(text, remote_images)
+        if body.startswith(opening):
+            body = f"{opening}{head} {body[len(opening):]}"
+        else:
+            body = f"<p>{head}</p>{body}"
+        parts.append(f'<div class="ct2-turn">{body}</div>')
     return _styled("".join(parts))
 
 
