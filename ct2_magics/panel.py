@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import html
+import functools
 import threading
 import time
 from typing import Any, Callable
@@ -34,15 +34,45 @@ _CSS = """
 .ct2-panel .ct2-status.ct2-error { color: var(--jp-error-color1); }
 """
 
-# Installed once per page in the capture phase of `window`, before JupyterLab's own Ctrl+Enter (run cell) sees it.
-_KEYS_JS = """if(!window.__ct2ChatKeys){window.__ct2ChatKeys=true;window.addEventListener('keydown',function(e){
-if(e.key!=='Enter'||!(e.ctrlKey||e.metaKey)||e.altKey)return;var t=e.target;
-if(!t||t.tagName!=='TEXTAREA'||!t.closest('.ct2-input'))return;
-e.preventDefault();e.stopImmediatePropagation();t.value+=String.fromCharCode(4);
-t.dispatchEvent(new Event('input',{bubbles:true}));},true);}"""
+# The panel's front-end code, as a small ES module (anywidget): the shortcut handler is installed once per
+# page in the capture phase of `window`, before JupyterLab's own Ctrl+Enter (run cell) sees the key.
+_KEYS_ESM = """
+function onKey(e) {
+  if (e.key !== 'Enter' || !(e.ctrlKey || e.metaKey) || e.altKey) return;
+  const t = e.target;
+  if (!t || t.tagName !== 'TEXTAREA' || !t.closest('.ct2-input')) return;
+  e.preventDefault();
+  e.stopImmediatePropagation();
+  t.value += String.fromCharCode(4);
+  t.dispatchEvent(new Event('input', {bubbles: true}));
+}
+export default {
+  render({ el }) {
+    el.style.display = 'none';
+    if (!window.__ct2ChatKeys) {
+      window.__ct2ChatKeys = true;
+      window.addEventListener('keydown', onKey, true);
+    }
+  },
+};
+"""
 
-# ipywidgets' HTML widget sets innerHTML as is: the style applies and the image's error handler runs the script.
-_ASSETS = f'<style>{_CSS}</style><img src="data:," alt="" style="display:none" onerror="{html.escape(_KEYS_JS)}">'
+
+@functools.lru_cache(maxsize=1)
+def _assets_class() -> type:
+    import anywidget  # imported with the first panel, not with the extension
+
+    class PanelAssets(anywidget.AnyWidget):
+        """An invisible widget that brings the panel's style sheet and its keyboard shortcut to the page."""
+
+        _esm = _KEYS_ESM
+        _css = _CSS
+
+    return PanelAssets
+
+
+def _assets() -> widgets.DOMWidget:
+    return _assets_class()()
 
 
 def _number(text: str) -> Any:
@@ -103,7 +133,7 @@ class ChatPanel:
                                           selected_index=None)
         buttons = widgets.HBox([self.send_button, self.stop_button, self.retry_button, self.undo_button,
                                 self.new_chat_button], layout=box(flex_flow="row wrap"))
-        assets = widgets.HTML(_ASSETS, layout=box(display="none"))
+        assets = _assets()
         self.root = widgets.VBox([assets, scroller, self.input, buttons, self.status, self.settings]).add_class("ct2-panel")
         self.root.observe(lambda change: self.close() if change["new"] is None else None, "comm")
 

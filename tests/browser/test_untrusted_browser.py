@@ -4,6 +4,7 @@ and the benign markdown around the payload still renders (headings, a table, hig
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -105,10 +106,11 @@ def test_hostile_replies_and_chat_files_stay_inert(page, lab, attacker, script_m
 
     (lab.root / "hostile.json").write_text(json.dumps(hostile_chat_file(attacker)))
     names = [f"p{n:02d}" for n in range(len(PAYLOADS))] + ["fence"]
-    model = script_model(LIVE_REPLY)
+    model = "<img src=x onerror=alert(3)>"  # a model folder named like a tag: its name shows in the status line
+    shutil.copytree(script_model(LIVE_REPLY), lab.root / model)
     source = ["%load_ext ct2_magics\n%llama restore hostile.json"]
     source += [f"%llama history --chat {name}" for name in names]
-    source += ["%llama status", f"%llama load {model}", "%%llama -t 0\nShow me everything.", "%llama chat --chat p01"]
+    source += ["%llama status", f"%llama load '{model}'", "%%llama -t 0\nShow me everything.", "%llama chat --chat p01"]
     lab.write_notebook("hostile.ipynb", source)
     open_notebook(page, lab, "hostile.ipynb")
     assert run_all(page, timeout=600) is True
@@ -134,6 +136,9 @@ def test_hostile_replies_and_chat_files_stay_inert(page, lab, attacker, script_m
     page.wait_for_timeout(1000)
     assert panel.evaluate(INSPECT)["bad"] == []
     assert panel.locator(".ct2-user strong").last.inner_text() == "this"
+    status_line = panel.locator(".ct2-status")
+    expect(status_line).to_contain_text("<img src=x onerror=alert(3)>")
+    assert status_line.evaluate("el => el.querySelectorAll('*').length") == 0  # text, never markup
 
     # %llama status names the chat whose name is an <img> tag: as text.
     status = cell(page, len(source) - 4).locator(".jp-OutputArea").first
