@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import ipywidgets as widgets
@@ -19,43 +20,9 @@ from .session import Session
 # The shortcut appends this to the input and fires its input event: the send signal then rides in the same
 # ordered state sync as the text, where a click (a custom message) could overtake text the front end still buffers.
 SEND_KEY = "\x04"
+STATIC = Path(__file__).with_name("static")
 SHORTCUT = "Ctrl+Enter"
 NUMBERS = ("temperature", "top_p", "top_k", "max_tokens")
-
-_CSS = """
-.ct2-panel { max-width: 64rem; } .ct2-panel .ct2-msg .jp-OutputArea-prompt { display: none; }
-.ct2-panel .ct2-msg { border-radius: 6px; padding: 2px 12px; margin: 4px 0; box-sizing: border-box; }
-.ct2-panel .ct2-msg::before { display: block; padding-top: 4px; font-size: var(--jp-ui-font-size0); font-weight: 600;
-  letter-spacing: .04em; text-transform: uppercase; color: var(--jp-ui-font-color2); }
-.ct2-panel .ct2-user { background: var(--jp-layout-color2); margin-left: 15%; width: 85%; }
-.ct2-panel .ct2-user::before { content: "You"; } .ct2-panel .ct2-assistant::before { content: "Llama"; }
-.ct2-panel .ct2-assistant { border-left: 3px solid var(--jp-brand-color1); }
-.ct2-panel .ct2-status { color: var(--jp-ui-font-color2); white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
-.ct2-panel .ct2-status.ct2-error { color: var(--jp-error-color1); }
-"""
-
-# The panel's front-end code, as a small ES module (anywidget): the shortcut handler is installed once per
-# page in the capture phase of `window`, before JupyterLab's own Ctrl+Enter (run cell) sees the key.
-_KEYS_ESM = """
-function onKey(e) {
-  if (e.key !== 'Enter' || !(e.ctrlKey || e.metaKey) || e.altKey) return;
-  const t = e.target;
-  if (!t || t.tagName !== 'TEXTAREA' || !t.closest('.ct2-input')) return;
-  e.preventDefault();
-  e.stopImmediatePropagation();
-  t.value += String.fromCharCode(4);
-  t.dispatchEvent(new Event('input', {bubbles: true}));
-}
-export default {
-  render({ el }) {
-    el.style.display = 'none';
-    if (!window.__ct2ChatKeys) {
-      window.__ct2ChatKeys = true;
-      window.addEventListener('keydown', onKey, true);
-    }
-  },
-};
-"""
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,8 +32,8 @@ def _assets_class() -> type:
     class PanelAssets(anywidget.AnyWidget):
         """An invisible widget that brings the panel's style sheet and its keyboard shortcut to the page."""
 
-        _esm = _KEYS_ESM
-        _css = _CSS
+        _esm = (STATIC / "panel.js").read_text(encoding="utf-8")
+        _css = (STATIC / "panel.css").read_text(encoding="utf-8")
 
     return PanelAssets
 
