@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from .markup import Streaming, bundle, inert_text, sections_html, to_html
+
 _FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,})(.*)$", re.MULTILINE)  # any indent: fences nest in list items
 _MARKS = {"interrupted": "⏹ *interrupted*", "stopped": "⏹ *stopped*"}
 _PLAIN_MARKS = {status: f"[{status}]" for status in _MARKS}
@@ -32,8 +34,6 @@ def with_mark(text: str, status: str, marks: dict[str, str] = _PLAIN_MARKS) -> s
 
 def reply_bundle(text: str, status: str = "complete", *, remote_images: bool = False) -> dict[str, str]:
     """A finished (or stopped) reply as sanitised HTML and inert plain text, with its status mark."""
-    from .markup import bundle, to_html
-
     out = bundle(text, remote_images=remote_images, plain=with_mark(text, status))
     mark = _MARKS.get(status)
     if mark is not None:  # rendered on its own, so an unclosed code fence in the reply cannot swallow it
@@ -54,8 +54,6 @@ class MarkdownStream:
     """
 
     def __init__(self, rate: float = 15.0, *, remote_images: bool = False) -> None:
-        from .markup import Streaming
-
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self.remote_images = remote_images
         self.handle = None
@@ -94,13 +92,9 @@ class PlainStream(MarkdownStream):
     """Like MarkdownStream, but the display holds inert text/plain only (-f text in a notebook)."""
 
     def _final(self, text: str, status: str) -> dict[str, str]:
-        from .markup import inert_text
-
         return {"text/plain": inert_text(with_mark(text, status))}
 
     def _partial_bundle(self, text: str) -> dict[str, str]:
-        from .markup import inert_text
-
         return {"text/plain": inert_text(text)}
 
 
@@ -119,8 +113,6 @@ class TextStream:
             self.out.write("(waiting for the model…)\n")
 
     def update(self, text: str) -> None:
-        from .markup import inert_text
-
         self.out.write(inert_text(text[self._shown:]))
         self.out.flush()
         self._shown = len(text)
@@ -140,8 +132,6 @@ def show(response: Any, shell: Any, *, mode: str = "auto", rate: float = 15.0, p
     else:
         view = PlainStream(rate) if plain else MarkdownStream(rate, remote_images=remote_images)
     if not quiet:
-        from .markup import inert_text
-
         for line in response.notices:
             print(inert_text(line))
     view.start()
@@ -159,8 +149,6 @@ def show(response: Any, shell: Any, *, mode: str = "auto", rate: float = 15.0, p
 def show_transcript(sections: list[tuple[str, str]], shell: Any, mode: str = "auto", *,
                     remote_images: bool = False) -> None:
     """A chat's history in the cell: each labelled piece rendered on its own (sanitised), or plain text in a terminal."""
-    from .markup import inert_text, sections_html
-
     plain = "\n\n".join(f"{label}: {text}" for label, text in sections) if sections else "(empty)"
     if wants_markdown(shell, mode):
         from IPython.display import display
