@@ -1,0 +1,135 @@
+"""`%%llama` streaming in a real ipykernel, driven over its real channels, against a bare loop in the same kernel.
+
+The model is a Llama 3 body (hidden 512, 8 layers) with a 128,256-token vocabulary, so each step
+ends in the large output layer a real Llama 3 has (~10 ms a step on 2 cores). Both paths run as
+cells of one kernel and are timed the same way, from the execute request to the kernel's idle
+status, while this script reads every iopub message as a front end would. Runs alternate.
+Target (issue 15): `%%llama` tokens/s >= 0.97 x the bare `generate_tokens` loop.
+
+    python benchmarks/kernel_streaming.py [--tokens 256] [--runs 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from common import PROMPT, ROOT, cache_root, header, load_average, save, table, verdict
+
+BODY = {"layers": 8, "hidden": 512, "intermediate": 1408, "heads": 8, "kv_heads": 8, "vocab": 128256}
+
+SETUP = """
+import json, time
+from ct2_magics import llama
+get_ipython().run_line_magic("load_ext", "ct2_magics")
+llama.load({model!r})
+_engine = llama.engine
+_ids = _engine.prompt_ids([{{"role": "user", "content": {prompt!r}}}])
+_toks = _engine.tokenizer.convert_ids_to_tokens(_ids)
+
+def _bare(n):
+    out = []
+    for step in _engine.generator.generate_tokens(_toks, max_length=n, sampling_topk=1, end_token=_engine.end_tokens):
+        out.append(step.token_id)
+    return len(out)
+"""
+
+
+def body_model() -> Path:
+    """The Llama 3 body, built once (random int8 weights, 128,256-token vocabulary)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from reference_shape import build
+
+    target = cache_root() / "llama3-body-512x8-v128256"
+    if not (target / "model.bin").is_file():
+        t = time.perf_counter()
+        build(target, BODY)
+        print(f"built {target.name} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    return target
+
+
+class Kernel:
+    """A real ipykernel and a client that reads all its output, as JupyterLab would."""
+
+    def __init__(self) -> None:
+        from jupyter_client.manager import KernelManager
+
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel(env=env)
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=120)
+
+    def run(self, code: str, timeout: float = 600) -> dict:
+        """Execute `code`; return its wall time, messages and bytes seen on iopub, and what it printed."""
+        t0 = time.perf_counter()
+        msg_id = self.kc.execute(code)
+        messages = size = 0
+        printed, error = [], None
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=timeout)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            messages += 1
+            size += len(json.dumps(msg["content"]))
+            kind = msg["msg_type"]
+            if kind == "stream":
+                printed.append(msg["content"]["text"])
+            elif kind == "error":
+                error = "\n".join(msg["content"]["traceback"][-3:])
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        if error:
+            raise RuntimeError(error)
+        return {"s": time.perf_counter() - t0, "messages": messages, "bytes": size, "out": "".join(printed)}
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--runs", type=int, default=8)
+    args = ap.parse_args()
+    info = header("%%llama in a real ipykernel vs a bare loop in the same kernel (Llama 3 body, 128k vocabulary)")
+    model = body_model()
+    kernel = Kernel()
+    try:
+        kernel.run(SETUP.format(model=str(model), prompt=PROMPT))
+        paths = {
+            "bare": f"print(_bare({args.tokens}))",
+            "ours": f"%%llama --once -t 0 -n {args.tokens}\n{PROMPT}",
+        }
+        for code in paths.values():  # warm-up
+            kernel.run(code)
+        results: dict[str, list[dict]] = {name: [] for name in paths}
+        names = list(paths)
+        for r in range(args.runs):
+            for name in names[r % 2:] + names[:r % 2]:
+                results[name].append(kernel.run(paths[name]))
+        assert all(int(x["out"]) == args.tokens for x in results["bare"]), "the bare loop ended early"
+    finally:
+        kernel.close()
+    rate = {name: [args.tokens / x["s"] for x in res] for name, res in results.items()}
+    ratios = [o / b for o, b in zip(rate["ours"], rate["bare"])]
+    ratio = statistics.median(rate["ours"]) / statistics.median(rate["bare"])
+    rows = [[name, f"{statistics.median(v):.1f}", f"{min(v):.1f}-{max(v):.1f}",
+             f"{statistics.median(x['messages'] for x in results[name]):.0f}",
+             f"{statistics.median(x['bytes'] for x in results[name]) / 1e3:.0f}"] for name, v in rate.items()]
+    print(table(rows, ["path", "tok/s (median)", "range", "iopub messages", "iopub KB"]))
+    print(f"\n%%llama / bare: {ratio:.3f} (median of {args.runs} alternated runs; pairwise {min(ratios):.3f}-{max(ratios):.3f}); "
+          f"target >= 0.97: {verdict(ratio >= 0.97)}")
+    print(f"load at the end: {load_average()}")
+    save("kernel_streaming", {"machine": info, "tokens": args.tokens, "runs": args.runs, "rates": rate, "ratio": ratio})
+
+
+if __name__ == "__main__":
+    main()
