@@ -1,4 +1,4 @@
-"""An offline demo Llama model (random weights) and the tiny models the tests build, without torch."""
+"""The offline demo Llama model (random weights), built without torch, and the parts to build others like it."""
 
 from __future__ import annotations
 
@@ -41,12 +41,6 @@ FORBIDDEN_BIAS = -1e4
 DEFAULT_EOT_BIAS = -1.0
 # Share of each random layer in the residual stream, small so the corpus bigram stays readable.
 LAYER_GAIN = 0.05
-# Script ("parrot") models: how many earlier tokens pick the next one, and margins that survive int8.
-PARROT_LAGS = 3
-SCRIPT_MIN_HIDDEN = 512
-SCRIPT_MARGIN = 60.0
-ATTENTION_GAP = 30.0
-GATE_GAIN = 80.0
 
 
 def demo_dir() -> Path:
@@ -85,40 +79,36 @@ def build_model(
     intermediate: int = 512,
     vocab_merges: int = 1500,
     seed: int = 0,
-    quantization: str | None = "auto",
-    script: str | None = None,
+    quantization: str | None = "int8",
     chat_template: bool = True,
     max_position: int = 8192,
     eot_bias: float = DEFAULT_EOT_BIAS,
 ) -> Path:
-    """Write a random Llama 3 style CTranslate2 model and its Hub tokenizer files into path.
+    """Write a random Llama 3 style CTranslate2 model (a bigram model of the demo corpus) and its Hub files into path.
 
-    quantization "auto" stores a random model as int8 (as a converted Hub model is) and a script model
-    as float32: a script model's activations all sit at full scale, the worst case for oneDNN's int8
-    GEMM, which CTranslate2 uses on AMD CPUs and which saturates on AVX2 without VNNI (seen on an AMD
-    EPYC Zen 3: every reply became the first token of the vocabulary). None also means float32.
+    int8 by default, as a converted Hub model is; None stores float32.
     """
-    path, rng = Path(path), np.random.default_rng(seed)
-    if quantization == "auto":
-        quantization = "int8" if script is None else None
-    tokenizer = _train_tokenizer(vocab_merges)
-    vocab = [tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())]
-    if script is None:
-        embeddings, projection, bias = _bigram_head(tokenizer, vocab, hidden)
-        bias[vocab.index(EOT)] += eot_bias
-        spec = _decoder_spec(layers, heads, kv_heads, hidden, intermediate, LAYER_GAIN, rng)
-    else:
-        chain, successors = _parrot_plan(tokenizer, vocab, script)
-        # Room for the parrot's slots and one FFN unit per context.
-        hidden = max(hidden, SCRIPT_MIN_HIDDEN)
-        intermediate = max(intermediate, -(-len(successors) // 64) * 64)
-        spec = _decoder_spec(layers, heads, kv_heads, hidden, intermediate, 0.0, rng)
-        shape = (heads, kv_heads, max_position)
-        allowed = _emittable(tokenizer, vocab)
-        embeddings, projection, bias = _program_parrot(spec, chain, successors, allowed, shape, rng)
-    spec.decoder.embeddings.weight = embeddings
-    spec.decoder.projection.weight = projection
-    spec.decoder.projection.bias = bias
+    rng = np.random.default_rng(seed)
+    tokenizer = train_tokenizer(vocab_merges)
+    vocab = vocabulary(tokenizer)
+    embeddings, projection, bias = _bigram_head(tokenizer, vocab, hidden)
+    bias[vocab.index(EOT)] += eot_bias
+    spec = decoder_spec(layers, heads, kv_heads, hidden, intermediate, LAYER_GAIN, rng)
+    return save_model(path, spec, tokenizer, (embeddings, projection, bias), quantization=quantization,
+                      chat_template=chat_template, max_position=max_position)
+
+
+def vocabulary(tokenizer) -> list[str]:
+    """The tokenizer's tokens by id."""
+    return [tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())]
+
+
+def save_model(path: Path | str, spec, tokenizer, head: tuple[np.ndarray, np.ndarray, np.ndarray], *,
+               quantization: str | None, chat_template: bool = True, max_position: int = 8192) -> Path:
+    """Give `spec` its embeddings, output projection and bias, save it with the tokenizer's Hub files, return path."""
+    path = Path(path)
+    spec.decoder.embeddings.weight, spec.decoder.projection.weight, spec.decoder.projection.bias = head
+    vocab = vocabulary(tokenizer)
     spec.register_vocabulary(vocab)
     spec.config.bos_token, spec.config.eos_token, spec.config.unk_token = BOS, EOT, ""
     spec.config.layer_norm_epsilon = 1e-5
@@ -147,7 +137,7 @@ def _publish(staging: Path, target: Path) -> None:
         os.rename(staging, target)
 
 
-def _train_tokenizer(vocab_merges: int):
+def train_tokenizer(vocab_merges: int = 1500):
     """Train a byte-level BPE on the built-in corpus, then append the Llama 3 special tokens."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -171,7 +161,7 @@ def _train_tokenizer(vocab_merges: int):
     return tokenizer
 
 
-def _emittable(tokenizer, vocab: list[str]) -> np.ndarray:
+def emittable(tokenizer, vocab: list[str]) -> np.ndarray:
     """Mask of the tokens generated text may hold: complete, printable UTF-8 pieces and <|eot_id|>."""
 
     def printable(token: str) -> bool:
@@ -197,7 +187,7 @@ def _bigram_head(tokenizer, vocab: list[str], hidden: int) -> tuple[np.ndarray, 
     row_of[np.argsort(-counts.sum(axis=1), kind="stable")[: hidden - 1]] = np.arange(min(hidden - 1, size))
     rows = np.zeros((hidden, size))
     np.add.at(rows, row_of, counts)
-    allowed = _emittable(tokenizer, vocab)
+    allowed = emittable(tokenizer, vocab)
     unigram = (counts.sum(axis=0) + 0.05) * allowed
     unigram /= unigram.sum()
     # Mixing in the unigram keeps unseen pairs possible but unlikely.
@@ -212,96 +202,7 @@ def _bigram_head(tokenizer, vocab: list[str], hidden: int) -> tuple[np.ndarray, 
     return embeddings, projection, bias
 
 
-def _parrot_plan(tokenizer, vocab: list[str], script: str) -> tuple[list[int], dict[tuple[int, ...], int]]:
-    """The tokens a parrot walks through, and the successor of each context of PARROT_LAGS + 1 tokens."""
-    prompt = tokenizer.encode(GENERATION_PROMPT, add_special_tokens=False).ids
-    body = tokenizer.encode(script, add_special_tokens=False).ids
-    if not body or any(vocab[i] in SPECIAL_TOKENS for i in body):
-        raise ValueError("script must be non-empty text without special tokens")
-    chain = [*prompt, *body, vocab.index(EOT)]
-    successors: dict[tuple[int, ...], int] = {}
-    for end in range(len(prompt) - 1, len(chain) - 1):
-        context = tuple(chain[end - PARROT_LAGS : end + 1])
-        if successors.setdefault(context, chain[end + 1]) != chain[end + 1]:
-            text = tokenizer.decode(list(context))
-            raise ValueError(f"script repeats {text!r} with two different continuations; pick another script")
-    return chain, successors
-
-
-def _parrot_codes(chain: list[int], size: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """Random +-1 codes for all tokens; the chain's codes differ pairwise in at least a quarter of places."""
-    signs = np.array([-1.0, 1.0], dtype=np.float32)
-    codes = rng.choice(signs, size=(size, width))
-    chosen: list[np.ndarray] = []
-    for token in dict.fromkeys(chain):
-        for _ in range(1000):
-            if not chosen or float(np.max(np.stack(chosen) @ codes[token])) <= width / 2:
-                break
-            codes[token] = rng.choice(signs, size=width)
-        else:
-            raise ValueError("script has too many distinct tokens for this hidden size")
-        chosen.append(codes[token])
-    return codes
-
-
-def _program_parrot(spec, chain: list[int], successors: dict, allowed: np.ndarray, shape: tuple[int, int, int], rng):
-    """Set layer 0 to read the last PARROT_LAGS + 1 tokens and write their successor; return the head."""
-    first = spec.decoder.layer[0]
-    heads, kv_heads, max_position = shape
-    units, hidden = first.ffn.linear_0.weight.shape
-    width = hidden // heads  # each slot of the residual stream is one head wide
-    if heads < PARROT_LAGS + 2:
-        raise ValueError(f"script models need at least {PARROT_LAGS + 2} heads")
-    slot = [slice(i * width, (i + 1) * width) for i in range(PARROT_LAGS + 2)]  # current, lags..., output
-    codes = _parrot_codes(chain, len(allowed), width, rng)
-    embeddings = np.zeros((len(allowed), hidden), dtype=np.float32)
-    embeddings[:, slot[0]] = codes
-    # Attention: constant queries and keys (biases) whose RoPE score peaks exactly `lag` tokens back.
-    theta = ROPE_BASE ** (-np.arange(0, width, 2) / width)
-    offsets = np.arange(-max_position, PARROT_LAGS + 1)
-    worst = (1 - np.cos(np.outer(offsets[offsets != 0], theta))).sum(axis=1).min()
-    sharp = np.sqrt(ATTENTION_GAP * np.sqrt(width) / worst)
-    qkv = np.zeros(((heads + 2 * kv_heads) * width, hidden), dtype=np.float32)
-    qkv_bias = np.zeros(qkv.shape[0], dtype=np.float32)
-    out = np.zeros((hidden, heads * width), dtype=np.float32)
-    for lag in range(1, PARROT_LAGS + 1):
-        q = (lag - 1) * width
-        k = (heads + (lag - 1) // (heads // kv_heads)) * width
-        v = k + kv_heads * width
-        qkv_bias[q : q + width] = sharp * np.concatenate([np.cos(lag * theta), -np.sin(lag * theta)])
-        qkv_bias[k : k + width // 2] = sharp
-        qkv[v : v + width, slot[0]] = np.eye(width)
-        out[slot[lag], q : q + width] = np.eye(width) * np.sqrt(width / hidden)
-    first.self_attention.linear[0].weight, first.self_attention.linear[0].bias = qkv, qkv_bias
-    first.self_attention.linear[1].weight = out
-    # FFN: one unit per context, on only when all its codes match, writing the successor's code.
-    match = PARROT_LAGS + 1
-    gate = np.zeros((units, hidden), dtype=np.float32)
-    gate_bias = np.full(units, -GATE_GAIN * match, dtype=np.float32)
-    down = np.zeros((hidden, units), dtype=np.float32)
-    for unit, (context, following) in enumerate(successors.items()):
-        for lag, token in enumerate(reversed(context)):
-            gate[unit, slot[lag]] = codes[token] * GATE_GAIN / np.sqrt(width * hidden / match)
-        gate_bias[unit] = -GATE_GAIN * (match - 0.25)
-        down[slot[-1], unit] = codes[following] / _silu(0.25 * GATE_GAIN)
-    first.ffn.linear_0.weight, first.ffn.linear_0.bias = gate, gate_bias
-    first.ffn.linear_0_noact.weight = np.zeros((units, hidden), dtype=np.float32)
-    first.ffn.linear_0_noact.bias = np.ones(units, dtype=np.float32)
-    first.ffn.linear_1.weight = down
-    projection = np.zeros((len(allowed), hidden), dtype=np.float32)
-    for token in set(successors.values()):
-        projection[token, slot[-1]] = codes[token] * SCRIPT_MARGIN / np.sqrt(width * hidden / (match + 1))
-    bias = np.where(allowed, 0.0, FORBIDDEN_BIAS).astype(np.float32)
-    bias[chain] = 0.0
-    return embeddings, projection, bias
-
-
-def _silu(value: float) -> float:
-    """SiLU (swish) of a scalar."""
-    return float(value / (1.0 + np.exp(-value)))
-
-
-def _decoder_spec(layers: int, heads: int, kv_heads: int, hidden: int, intermediate: int, gain: float, rng):
+def decoder_spec(layers: int, heads: int, kv_heads: int, hidden: int, intermediate: int, gain: float, rng):
     """A Llama-architecture decoder spec with random layers whose outputs are scaled by gain."""
     from ctranslate2.specs import common_spec, transformer_spec
 

@@ -3,11 +3,37 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="also run the slow tests (soak, benchmarks, 50 interrupts); "
+                     "tests/run.sh, which CI runs, passes it")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow (tests/run.sh does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def sigint():
+    """Ctrl-C raises KeyboardInterrupt in this test, however the runner was started (nohup and background shells
+    start Python with SIGINT ignored, so os.kill(SIGINT) and _thread.interrupt_main() would do nothing)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,13 +65,13 @@ def long_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def script_model(tmp_path_factory: pytest.TempPathFactory):
     """Build (once per text) a model whose greedy reply is exactly `text`."""
-    from ct2_magics.demo import build_model
+    from parrot import build_parrot
 
     built: dict[str, Path] = {}
 
     def make(text: str) -> Path:
         if text not in built:
-            built[text] = build_model(tmp_path_factory.mktemp("script") / "model", script=text)
+            built[text] = build_parrot(tmp_path_factory.mktemp("script") / "model", text)
         return built[text]
 
     return make

@@ -3,7 +3,7 @@
 # installs what the tests need (idempotent, quick when already there), then
 # runs pytest with any arguments passed through. Exit status = pytest's.
 #
-#   bash tests/run.sh                      # whole suite
+#   bash tests/run.sh                      # whole suite, slow tests included
 #   bash tests/run.sh tests/browser -q     # just the browser tests
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,5 +36,5 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     "$PY" -m pip install -q --progress-bar off torch==2.13.0
 fi
 
-# 4. The tests.
-exec "$PY" -m pytest -q "$@"
+# 4. The tests, the slow ones included (a plain `python -m pytest` skips them).
+exec "$PY" -m pytest -q --slow "$@"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # a minute and a half on 2 cores; tests/run.sh runs them
 
 
 def bench(tmp_path: Path, script: str, *args: str, timeout: float = 300) -> str:

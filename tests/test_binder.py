@@ -22,6 +22,7 @@ print("cells", len(llama_cells), "shown", len(shown), "errors", len(errors))
 """
 
 
+@pytest.mark.slow  # a fresh venv and a pip install: a minute and a half here
 @pytest.mark.skipif(os.environ.get("CT2_MAGICS_SKIP_BINDER") == "1", reason="CT2_MAGICS_SKIP_BINDER=1")
 def test_binder_requirements_install_in_a_fresh_venv_and_quickstart_runs(tmp_path):
     venv = tmp_path / "venv"

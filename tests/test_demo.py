@@ -1,4 +1,4 @@
-"""The offline demo model and the script ("parrot") models: files, tokenizer, generation, caching."""
+"""The offline demo model and the tests' script ("parrot") models: files, tokenizer, generation, caching."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import ctranslate2  # noqa: E402
 
 from ct2_magics import demo  # noqa: E402
+from parrot import build_parrot  # noqa: E402
 
 EOT = "<|eot_id|>"
 SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", EOT,
@@ -63,7 +64,7 @@ def generator(model: Path) -> ctranslate2.Generator:
 
 @pytest.fixture(scope="module", params=[WORLD, MARKDOWN], ids=["world", "markdown"])
 def parrot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    return request.param, demo.build_model(tmp_path_factory.mktemp("parrot") / "model", script=request.param)
+    return request.param, build_parrot(tmp_path_factory.mktemp("parrot") / "model", request.param)
 
 
 def sample(generator: ctranslate2.Generator, tokens: list[str], **options) -> list[int]:
@@ -166,7 +167,7 @@ def test_parrot_replays_its_script_after_any_prompt(parrot: tuple[str, Path]) ->
 
 def test_parrot_refuses_an_ambiguous_script(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="two different continuations"):
-        demo.build_model(tmp_path / "model", script="x a b c d e, x a b c d f")
+        build_parrot(tmp_path / "model", "x a b c d e, x a b c d f")
 
 
 def test_same_seed_builds_the_same_model(model: Path, tokenizer, tmp_path: Path) -> None:
