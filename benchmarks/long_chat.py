@@ -85,10 +85,10 @@ def main() -> None:
             def ours() -> dict:
                 engine._last_prompt = None  # the bare paths just encoded this prompt: time a real request's encode
                 t = time.perf_counter()
-                response = llama.respond(Request(question, chat="long", cell_id=f"turn-{turn}",
-                                                 options={"temperature": 0, "max_tokens": 1}))
-                prepared = time.perf_counter() - t
+                response = llama.session.respond(Request(question, chat="long", cell_id=f"turn-{turn}",
+                                                         options={"temperature": 0, "max_tokens": 1}))
                 response.consume()  # one token: its own first token
+                prepared = response.stats.started - t  # checks, chat, fitting and encoding, until decoding starts
                 return {"ms": (prepared + response.stats.first_token_s) * 1e3, "prepare_ms": prepared * 1e3}
 
             paths = {"bare": bare(full), "bare+static": bare(rest, static_prompt=static, cache_static_prompt=True),
@@ -107,8 +107,8 @@ def main() -> None:
             print(f"turn {turn}: {len(ids)} prompt tokens, ours {med['ours']:.0f} ms, bare {med['bare']:.0f} ms, "
                   f"static {med['bare+static']:.0f} ms", flush=True)
         # The turn itself (a re-run of the checkpoint's cell replaces its 1-token reply).
-        response = llama.respond(Request(question, chat="long", cell_id=f"turn-{turn}",
-                                         options={"temperature": 0, "max_tokens": args.reply}))
+        response = llama.session.respond(Request(question, chat="long", cell_id=f"turn-{turn}",
+                                                 options={"temperature": 0, "max_tokens": args.reply}))
         response.consume()
         if response.notices:
             report.setdefault("notices", []).extend(response.notices)

@@ -186,6 +186,7 @@ def main() -> None:
 
     import ctranslate2
 
+    from ct2_magics.api import Llama
     from ct2_magics.session import Session
 
     session = Session()
@@ -210,7 +211,7 @@ def main() -> None:
 
     def ours() -> tuple[float, float, int]:
         engine.end_tokens = []  # same length as the bare loop: random weights may pick an end token
-        r = session.stream(prompt, once=True, temperature=0, max_tokens=args.tokens)
+        r = Llama(session).stream(prompt, once=True, temperature=0, max_tokens=args.tokens)
         r.consume()
         return r.stats.tokens_per_s, r.stats.first_token_s, r.stats.reply_tokens
 

@@ -58,6 +58,7 @@ def converted(hf_dir: Path, quantization: str) -> Path:
 
 def ours_path(model_dir: Path, tokens: int):
     """ct2_magics' Python API: chat template, streaming text pieces, history bookkeeping."""
+    from ct2_magics.api import Llama
     from ct2_magics.session import Session
 
     session = Session()
@@ -67,7 +68,7 @@ def ours_path(model_dir: Path, tokens: int):
     def run() -> dict:
         t = time.perf_counter()
         first = None
-        response = session.stream(PROMPT, once=True, temperature=0, max_tokens=tokens)
+        response = Llama(session).stream(PROMPT, once=True, temperature=0, max_tokens=tokens)
         for _ in response:
             if first is None:
                 first = time.perf_counter() - t

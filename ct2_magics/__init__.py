@@ -11,9 +11,9 @@ __all__ = ["llama", "load_ipython_extension", "unload_ipython_extension"]
 def __getattr__(name: str) -> Any:
     # `from ct2_magics import llama` gives the kernel-wide session without importing heavy modules.
     if name == "llama":
-        from .session import get_session
+        from .api import get_llama
 
-        return get_session()
+        return get_llama()
     raise AttributeError(name)
 
 

@@ -6,15 +6,17 @@ import math
 import numbers
 import string
 import sys
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
-from .errors import LlamaError
-from .response import check_text
-from .settings import Sampling, resolve_sampling
+from .errors import LlamaError, check_text
+from .options import Sampling, check_options, resolve
+from .owner import Stopped, Use
 
 if TYPE_CHECKING:
-    from .session import Session
+    from .response import Context as Session
 
 ERROR_MODES = ("warn", "raise", "ignore")
 
@@ -43,7 +45,7 @@ def generate(session: Session, prompts: Sequence[str], *, system: str | None = N
     """
     if isinstance(prompts, str):
         raise LlamaError("generate takes a list of prompts; for one prompt use llama.ask(prompt, once=True).")
-    texts, problems = _prompts(list(prompts), str)
+    texts, problems = _prompts(_items(prompts, "generate", "prompts"), str)
     return _run(session, texts, problems, list(range(len(texts))), system=system, batch_size=batch_size,
                 progress=progress, errors=errors, options=settings, what="llama.generate")
 
@@ -57,7 +59,7 @@ def map_items(session: Session, items: Iterable[Any], template: str = "{}", *, s
     context are None; the other options are those of `generate`.
     """
     series = _as_series(items)
-    values = list(items) if series is None else series.tolist()
+    values = _items(items, "map", "items") if series is None else series.tolist()
     labels = list(range(len(values))) if series is None else list(series.index)
     texts, problems = _prompts(values, _template_filler(template))
     results = _run(session, texts, problems, labels, system=system, batch_size=batch_size, progress=progress,
@@ -66,6 +68,19 @@ def map_items(session: Session, items: Iterable[Any], template: str = "{}", *, s
         return results
     pd = sys.modules["pandas"]
     return pd.Series(results, index=series.index, name=series.name, dtype=object)
+
+
+def _items(items: Any, what: str, noun: str) -> list[Any]:
+    """The items of a list-like argument; LlamaError for text, a mapping or something that is not a collection."""
+    if isinstance(items, (str, bytes)):
+        raise LlamaError(f"{what} takes a list of {noun}; a single string would be asked letter by letter.")
+    if isinstance(items, Mapping) or isinstance(items, type):
+        hint = " (for a dict, pass list(d.values()) or pd.Series(d))" if isinstance(items, Mapping) or items is dict else ""
+        raise LlamaError(f"{what} takes a list of {noun} or a pandas Series, not a {type(items).__name__}{hint}.")
+    try:
+        return list(items)
+    except TypeError:
+        raise LlamaError(f"{what} takes a list of {noun} or a pandas Series; got {type(items).__name__}.") from None
 
 
 def _as_series(items: Any) -> Any:
@@ -133,12 +148,14 @@ def _run(session: Session, prompts: list[str], problems: dict[int, str], labels:
     size = session.settings.batch_size if batch_size is None else batch_size
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise LlamaError(f"batch_size must be a whole number >= 1; got {size!r}.")
-    resolve_sampling(options, session.settings, {})  # a bad option fails before any model loads
+    options = check_options(options)  # a bad option fails before any model loads
+    if system is not None and not isinstance(system, str):
+        raise LlamaError(f"The system prompt must be text (a str); got {type(system).__name__}.")
     session.last_errors = []
     if not prompts:
         return []
     engine = session.ensure_engine()
-    sampling = resolve_sampling(options, session.settings, engine.defaults)
+    sampling = resolve(options, session.settings, engine.defaults)
     context = min(session.settings.max_context, engine.context_length)
     budget = context - sampling.max_tokens
     if budget <= 0:
@@ -170,11 +187,12 @@ def _run(session: Session, prompts: list[str], problems: dict[int, str], labels:
     order = sorted(encoded, key=lambda p: len(encoded[p]))
     chunks = [order[i:i + size] for i in range(0, len(order), size)]
     bar = _progress_bar(len(order), progress if progress is not None else len(chunks) > 1, what)
+    job = _Job(session, engine, sampling, bar)
     try:
         for chunk in chunks:
             # Chunk by chunk: the bar moves, a kernel interrupt lands between chunks, and the magic
             # or the panel can take its turn on the model during a long job.
-            for pos, reply, reason in _generate_chunk(engine, [encoded[p] for p in chunk], chunk, sampling, size, bar):
+            for pos, reply, reason in job.run([encoded[p] for p in chunk], chunk):
                 results[pos] = reply
                 if reason is not None:
                     failures.append(ItemError(pos, labels[pos], reason))
@@ -189,26 +207,34 @@ def _run(session: Session, prompts: list[str], problems: dict[int, str], labels:
     return results
 
 
-def _generate_chunk(engine: Any, prompts: list[list[int]], positions: list[int], sampling: Sampling, size: int,
-                    bar: Any) -> list[tuple[int, str | None, str | None]]:
-    """(position, reply, None) for each prompt, or (position, None, why) for one that failed."""
-    if not engine.lock.acquire(blocking=False):
-        bar.set_postfix_str("waiting for the model")
-        engine.lock.acquire()
-        bar.set_postfix_str("")
-    try:
-        if engine.generator is None:
-            raise LlamaError("The model was unloaded while the job ran; load it again and rerun.")
+class _Job:
+    """The chunks of one generate/map call, each in its own turn on the model the prompts were encoded for."""
+
+    def __init__(self, session: Session, engine: Any, sampling: Sampling, bar: Any) -> None:
+        self.session, self.engine, self.sampling, self.bar = session, engine, sampling, bar
+        self.stop = threading.Event()  # set by stop_all, unload and load
+
+    def run(self, prompts: list[list[int]], positions: list[int]) -> list[tuple[int, str | None, str | None]]:
+        """(position, reply, None) for each prompt, or (position, None, why) for one that failed."""
+        waiting = lambda waited: self.bar.set_postfix_str("waiting for the model" if waited else "")  # noqa: E731
         try:
-            replies = engine.generate_batch(prompts, sampling, size)
-            return [(p, engine.decode(r), None) for p, r in zip(positions, replies)]
-        except RuntimeError as e:  # e.g. out of memory on a GPU: one prompt failing must not lose the others
-            if len(prompts) == 1:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                return [(positions[0], None, f"generation failed ({first})")]
-    finally:
-        engine.lock.release()
-    return [r for one, p in zip(prompts, positions) for r in _generate_chunk(engine, [one], [p], sampling, 1, bar)]
+            with self.session.owner.turn(Use(self.stop), waiting) as engine:
+                if engine is not self.engine:
+                    raise LlamaError("Another model was loaded while the job ran; rerun it.")
+                try:
+                    replies = engine.generate_batch(prompts, self.sampling, self.stop)
+                except RuntimeError as e:  # e.g. out of memory on a GPU: one prompt failing must not lose the others
+                    if len(prompts) == 1:
+                        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                        return [(positions[0], None, f"generation failed ({first})")]
+                    replies = None
+                if self.stop.is_set():
+                    raise Stopped()
+                if replies is not None:
+                    return [(p, engine.decode(r), None) for p, r in zip(positions, replies)]
+        except Stopped:
+            raise LlamaError("The job was stopped (the model was unloaded or replaced); rerun it.") from None
+        return [r for one, p in zip(prompts, positions) for r in self.run([one], [p])]
 
 
 def _progress_bar(total: int, show: bool, what: str) -> Any:

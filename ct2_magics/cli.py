@@ -1,25 +1,37 @@
-"""The `ct2-magics` console script."""
+"""The `ct2-magics` console script, and the `convert` arguments it shares with `%llama convert`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ct2_magics.errors import LlamaError
 
+QUANTIZATIONS = "int8_float16 (default), int8, int8_float32, int16, float16, bfloat16, float32, or none"
 
-def _cmd_convert(args: argparse.Namespace) -> int:
-    """Run `ct2-magics convert`."""
+
+def _quantization(text: str) -> str | None:
+    """--quantization: 'none' keeps the checkpoint's dtype (None for convert()); convert() checks the others."""
+    return None if text.strip().lower() == "none" else text.strip()
+
+
+def add_convert_arguments(parser: Any) -> None:
+    """The arguments of `ct2-magics convert` and `%llama convert`, declared once for both."""
+    parser.add_argument("source", help="local transformers model directory or Hugging Face repo id")
+    parser.add_argument("output", help="directory to write the converted model to")
+    parser.add_argument("--quantization", type=_quantization, default="int8_float16",
+                        help=f"weight type: {QUANTIZATIONS} to keep the checkpoint's dtype")
+    parser.add_argument("--revision", default=None, help="branch, tag or commit of a Hub repo")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+
+
+def run_convert(args: argparse.Namespace, progress: Callable[[str], None] = print) -> int:
+    """Convert what the parsed `args` say."""
     from ct2_magics.convert import convert
 
-    convert(
-        args.source,
-        args.output,
-        quantization=None if args.quantization == "none" else args.quantization,
-        revision=args.revision,
-        force=args.force,
-    )
+    convert(args.source, args.output, quantization=args.quantization, revision=args.revision, force=args.force,
+            progress=progress)
     return 0
 
 
@@ -33,17 +45,8 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
             "keeping Llama 3.1/3.2 RoPE scaling and copying the tokenizer and chat template."
         ),
     )
-    parser.add_argument("source", help="local transformers model directory or Hugging Face repo id")
-    parser.add_argument("output", help="directory to write the converted model to")
-    parser.add_argument(
-        "--quantization",
-        default="int8_float16",
-        help="weight type: int8_float16 (default), int8, int8_float32, int16, float16, bfloat16, float32, "
-        "or 'none' to keep the checkpoint's dtype",
-    )
-    parser.add_argument("--revision", default=None, help="branch, tag or commit of a Hub repo")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
-    parser.set_defaults(handler=_cmd_convert)
+    add_convert_arguments(parser)
+    parser.set_defaults(handler=run_convert)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
-from .errors import LlamaError
+from .errors import LlamaError, check_text
 
 Message = dict[str, str]
 
@@ -26,46 +26,58 @@ class Turn:
 
 @dataclass
 class Chat:
-    """A conversation shared by the magic, the panel and the Python API."""
+    """A conversation shared by the magic, the panel and the Python API; safe to change from several threads."""
 
     name: str
     system: str | None = None
     turns: list[Turn] = field(default_factory=list)
-    _observers: list[Callable[[Chat], None]] = field(default_factory=list, repr=False)
+    _observers: list[Callable[[Chat], None]] = field(default_factory=list, repr=False, compare=False)
+    _lock: Any = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def messages(self, before: int | None = None) -> list[Message]:
         """System prompt and turns (all, or those before index `before`) as chat-template messages."""
-        out: list[Message] = [{"role": "system", "content": self.system}] if self.system else []
-        for turn in self.turns[:before]:
-            out.extend(turn.messages())
+        with self._lock:
+            out: list[Message] = [{"role": "system", "content": self.system}] if self.system else []
+            for turn in self.turns[:before]:
+                out.extend(turn.messages())
         return out
 
-    def index_of_cell(self, cell_id: str | None) -> int | None:
-        if cell_id is None:
-            return None
-        return next((i for i, t in enumerate(self.turns) if t.cell_id == cell_id), None)
+    def history_for(self, cell_id: str | None) -> list[Turn]:
+        """The turns a prompt from cell `cell_id` follows: those before that cell's earlier turn, else all."""
+        with self._lock:
+            at = next((i for i, t in enumerate(self.turns) if cell_id is not None and t.cell_id == cell_id), None)
+            return list(self.turns[:at])
 
-    def record(self, turn: Turn, at: int | None = None) -> None:
-        """Add a turn, or replace the turn at index `at` (a re-run cell)."""
-        if at is None:
-            self.turns.append(turn)
-        else:
-            self.turns[at] = turn
+    def record(self, turn: Turn) -> None:
+        """Add a turn, or replace the turn of the same cell (a re-run cell), found as the chat is now."""
+        with self._lock:
+            at = next((i for i, t in enumerate(self.turns) if turn.cell_id is not None and t.cell_id == turn.cell_id), None)
+            if at is None:
+                self.turns.append(turn)
+            else:
+                self.turns[at] = turn
         self.changed()
 
     def undo(self) -> Turn:
-        if not self.turns:
-            raise LlamaError(f"Chat {self.name!r} is empty; there is nothing to undo.")
-        turn = self.turns.pop()
+        with self._lock:
+            if not self.turns:
+                raise LlamaError(f"Chat {self.name!r} is empty; there is nothing to undo.")
+            turn = self.turns.pop()
         self.changed()
         return turn
 
     def reset(self) -> None:
-        self.turns.clear()
+        with self._lock:
+            self.turns.clear()
         self.changed()
 
     def set_system(self, text: str | None) -> None:
-        self.system = text or None
+        if text is not None and not isinstance(text, str):
+            raise LlamaError(f"A system prompt is text; got {type(text).__name__}.")
+        if text:
+            check_text(text, "system prompt")
+        with self._lock:
+            self.system = text or None
         self.changed()
 
     def observe(self, fn: Callable[[Chat], None]) -> Callable[[], None]:
@@ -81,6 +93,19 @@ class Chat:
                 pass
 
 
+def chat_name(name: Any) -> str:
+    """A chat's name as given (None: 'default'); LlamaError for one that is not text or is blank."""
+    if name is None:
+        return "default"
+    if not isinstance(name, str):
+        raise LlamaError(f"A chat's name is text, like 'notes'; got {name!r}.")
+    clean = name.strip()
+    if not clean:
+        raise LlamaError("A chat's name cannot be blank; give one like --chat notes (or leave it out for 'default').")
+    check_text(clean, "chat name")
+    return clean
+
+
 class Chats:
     """All chats of this kernel, by name."""
 
@@ -90,8 +115,8 @@ class Chats:
         self._default_system = default_system
         self.on_new: list[Callable[[Chat], None]] = []  # told of each chat created, e.g. to save it as it changes
 
-    def get(self, name: str = "default", create: bool = True) -> Chat:
-        name = (name or "default").strip()
+    def get(self, name: str | None = "default", create: bool = True) -> Chat:
+        name = chat_name(name)
         with self._lock:
             if name not in self._chats:
                 if not create:

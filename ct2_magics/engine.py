@@ -10,9 +10,9 @@ from typing import Any, Callable, Iterator
 
 from .chat_prompt import Encoder
 from .errors import LlamaError
-from .modelfile import check_llama3_rope, read_json, remote_code, saved_compute_type
+from .modelfile import check_llama3_rope, read_json, read_vocabulary, remote_code, saved_compute_type
+from .options import Sampling, model_defaults
 from .quiet import quiet_libraries
-from .settings import Sampling
 
 # On a device that lacks the saved type, the nearest one it has (CPU: int8_float16 -> int8).
 _NEAREST = {
@@ -25,6 +25,9 @@ SMALL_MODEL_BYTES = 32 * 2**20
 # System prompts whose encoded block CTranslate2 keeps cached (static_prompt); the cache lives until unload.
 MAX_CACHED_SYSTEM_PROMPTS = 4
 _END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<end_of_turn>")
+# A short chat that every model must be able to template, encode and feed to its CTranslate2 vocabulary.
+_SAMPLE_CHAT = [{"role": "user", "content": "Hello, world! 123"}, {"role": "assistant", "content": "Hi."},
+                {"role": "user", "content": "Again?"}]
 
 
 @dataclass
@@ -93,7 +96,8 @@ class IncrementalDecoder:
             return self._stream.step(self._backend, token_id) or ""
         # Slow tokenizers: decode the whole reply and hold back an unfinished character.
         self._ids.append(token_id)
-        text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        with quiet_libraries():
+            text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):
             return ""
         delta, self._emitted = text[len(self._emitted):], text
@@ -117,6 +121,18 @@ class Engine:
         self.notices: list[str] = [n for n in (notice, check_llama3_rope(self.model_dir)) if n]
         self.tokenizer = load_tokenizer(self.model_dir)
         self.encoder = Encoder(self.tokenizer, name)
+        self._system_blocks: dict[str, list[int]] = {}
+        self._last_prompt: tuple[Any, list[int]] | None = None  # (template and messages, their ids)
+        # Everything a request needs is checked before the loaded model is freed: one that fails here costs nothing.
+        vocabulary = read_vocabulary(self.model_dir)
+        if not vocabulary:
+            raise LlamaError(f"{self.model_dir} has no readable vocabulary.json (or vocabulary.txt); convert the model again.")
+        self.vocabulary_size = len(vocabulary)
+        gen_config = read_json(self.model_dir / "generation_config.json")
+        self.end_tokens = self._end_tokens(gen_config, set(vocabulary))
+        self._check_template(vocabulary)
+        self.defaults = model_defaults(gen_config)
+        self.context_length = self._context_length()
         make_room()
         if threads == 0 and self.device == "cpu" and (self.model_dir / "model.bin").stat().st_size < SMALL_MODEL_BYTES:
             threads = 1  # a tiny model's steps are too small to split: 1 thread decoded 7x faster (BENCHMARKS.md)
@@ -128,22 +144,31 @@ class Engine:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise LlamaError(f"Could not load {self.model_dir}/model.bin ({first}); download or convert it again.") from None
         self.compute_type = self.generator.compute_type
-        self.lock = threading.Lock()
-        gen_config = read_json(self.model_dir / "generation_config.json")
-        self.end_tokens = self._end_tokens(gen_config)
-        self.defaults = _generation_defaults(gen_config)
-        self.context_length = self._context_length()
-        self._system_blocks: dict[str, list[int]] = {}
-        self._last_prompt: tuple[Any, list[int]] | None = None  # (template and messages, their ids)
 
-    def _end_tokens(self, gen_config: dict) -> list[str]:
+    def _end_tokens(self, gen_config: dict, vocabulary: set[str]) -> list[str]:
+        """The tokens that end a reply; only those CTranslate2's vocabulary has (it refuses others at every request)."""
         ids = gen_config.get("eos_token_id")
-        ids = ids if isinstance(ids, list) else [ids]
+        ids = list(ids) if isinstance(ids, list) else [ids]
         ids.append(self.tokenizer.eos_token_id)
         vocab = self.tokenizer.get_vocab()
         tokens = {t for t in self.tokenizer.convert_ids_to_tokens([i for i in ids if isinstance(i, int)])}
         tokens |= {t for t in _END_OF_TURN if t in vocab}
-        return sorted(t for t in tokens if t)
+        found = sorted(t for t in tokens if t and t in vocabulary)
+        if not found:
+            wanted = ", ".join(sorted(t for t in tokens if t)) or "none named"
+            raise LlamaError(f"{self.model_dir}/vocabulary.json has none of the tokens that end a reply ({wanted}); "
+                             "its tokenizer files belong to another model: copy the right ones there.")
+        return found
+
+    def _check_template(self, vocabulary: list[str]) -> None:
+        """A short chat templates, encodes, and gives the same tokens in the tokenizer and in vocabulary.json."""
+        ids = self.prompt_ids(_SAMPLE_CHAT)
+        tokens = self.tokenizer.convert_ids_to_tokens(ids)
+        for i, token in zip(ids, tokens):
+            theirs = vocabulary[i] if 0 <= i < len(vocabulary) else None
+            if theirs != token:
+                raise LlamaError(f"{self.model_dir}: the tokenizer and vocabulary.json disagree (token {i} is {token!r} "
+                                 f"in one, {theirs!r} in the other); copy the tokenizer files that belong to this model.")
 
     def _context_length(self) -> int:
         limit = getattr(self.tokenizer, "model_max_length", 0) or 0
@@ -186,7 +211,10 @@ class Engine:
         return len(self.prompt_ids(messages))
 
     def stream(self, prompt_ids: list[int], sampling: Sampling, stats: Stats, stop: threading.Event) -> Iterator[str]:
-        """Yield text pieces of the reply; setting `stop` (or closing this iterator) ends decoding within a step."""
+        """Yield text pieces of the reply; setting `stop` (or closing this iterator) ends decoding within a step.
+
+        The caller holds the model (ModelOwner.turn), which waits for the decoder to go idle before the next use.
+        """
         import ctranslate2
 
         stats.prompt_tokens = len(prompt_ids)
@@ -200,7 +228,8 @@ class Engine:
         # The callback is what really stops the decoder: a KeyboardInterrupt raised while this
         # thread waits inside the iterator would otherwise leave decoding running in the background.
         steps = self.generator.generate_tokens(
-            tokens, end_token=self.end_tokens, callback=lambda _step: stop.is_set(), **static, **sampling.to_ct2()
+            tokens, end_token=self.end_tokens, callback=lambda _step: stop.is_set(), **static,
+            **sampling.to_ct2(self.vocabulary_size),
         )
         try:
             for step in steps:
@@ -224,7 +253,6 @@ class Engine:
             stop.set()
             steps.close()
             stats.elapsed_s = time.perf_counter() - stats.started
-            self.wait_idle()
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Wait until the decoder has really finished its last step (the next request must not queue behind it)."""
@@ -236,22 +264,23 @@ class Engine:
             time.sleep(0.0005)
         return True
 
-    def generate_batch(self, prompts: list[list[int]], sampling: Sampling, batch_size: int = 16) -> list[list[int]]:
-        """Reply token ids for many independent prompts, in input order."""
+    def generate_batch(self, prompts: list[list[int]], sampling: Sampling, stop: threading.Event) -> list[list[int]]:
+        """Reply token ids for independent prompts, decoded together, in input order; `stop` ends them within a step."""
         import ctranslate2
 
         if sampling.seed is not None:
             ctranslate2.set_random_seed(sampling.seed)
         tokens, static = self._ct2_prompts(prompts)
         results = self.generator.generate_batch(
-            tokens, max_batch_size=batch_size, end_token=self.end_tokens, include_prompt_in_result=False,
-            **static, **sampling.to_ct2(),
+            tokens, max_batch_size=len(tokens), end_token=self.end_tokens, include_prompt_in_result=False,
+            callback=lambda _step: stop.is_set(), **static, **sampling.to_ct2(self.vocabulary_size),
         )
         end_ids = set(self.tokenizer.convert_tokens_to_ids(self.end_tokens))
         return [[i for i in r.sequences_ids[0] if i not in end_ids] for r in results]
 
     def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        with quiet_libraries():  # e.g. the clean_up_tokenization_spaces notice, on a model's first decode
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def close(self) -> None:
         """Free the model's memory."""
@@ -260,20 +289,6 @@ class Engine:
         if generator is not None:
             generator.unload_model()
         del generator
-
-
-def _generation_defaults(gen_config: dict) -> dict[str, Any]:
-    """Sampling defaults from generation_config.json, in our option names."""
-    out: dict[str, Any] = {}
-    if gen_config.get("do_sample") is False:
-        out["temperature"] = 0.0
-    elif "temperature" in gen_config:
-        out["temperature"] = gen_config["temperature"]
-    for ours, theirs in (("top_k", "top_k"), ("top_p", "top_p"), ("repetition_penalty", "repetition_penalty"),
-                         ("max_tokens", "max_new_tokens")):
-        if gen_config.get(theirs) is not None:
-            out[ours] = gen_config[theirs]
-    return out
 
 
 def load_tokenizer(model_dir: Path) -> Any:

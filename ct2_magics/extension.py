@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from IPython.core.error import UsageError
+from traitlets import TraitError
 
 from .errors import LlamaError
 
@@ -27,11 +27,6 @@ def _notify(line: str) -> None:
     from .markup import inert_text
 
     print(inert_text(line))
-
-
-def _is_real_failure(error: BaseException | None) -> bool:
-    # Usage errors and one-line LlamaErrors are shown without a traceback: nothing there to explain.
-    return error is not None and not isinstance(error, (UsageError, KeyboardInterrupt, LlamaError))
 
 
 def _start_autosave(shell: Any, session: Session) -> AutoSaver | None:
@@ -57,31 +52,21 @@ def load(shell: Any) -> None:
     if id(shell) in _state:
         return
     session = get_session()
-    session.settings.update_config(shell.config)
+    session.notify = _notify
+    try:  # a bad value in ipython_config.py is one line; the other settings still apply
+        session.settings.update_config(shell.config)
+    except TraitError as e:
+        session.notify(f"Ignored the LlamaSettings from the IPython config: {e}")
     if session.settings not in shell.configurables:
         shell.configurables.append(session.settings)
     magics = LlamaMagics(shell, session)
     shell.register_magics(magics)
-
-    def remember_cell(info: Any) -> None:
-        magics.cell_id = getattr(info, "cell_id", None)
-
-    def remember_error(result: Any) -> None:
-        # Recorded after every cell, so %llama explain finds the last real failure even when another
-        # magic's usage error came after it.
-        error = result.error_in_exec or result.error_before_exec
-        if _is_real_failure(error):
-            magics._last_error = error
-
-    shell.events.register("pre_run_cell", remember_cell)
-    shell.events.register("post_run_cell", remember_error)
-    session.notify = _notify
+    magics.attach()
     saver = _start_autosave(shell, session)
     custom = not shell.custom_exceptions
     if custom:
         shell.set_custom_exc((LlamaError,), _show_llama_error)
-    _state[id(shell)] = {"magics": magics, "hook": remember_cell, "error_hook": remember_error, "custom_exc": custom,
-                         "session": session, "saver": saver}
+    _state[id(shell)] = {"magics": magics, "custom_exc": custom, "session": session, "saver": saver}
 
 
 def unload(shell: Any) -> None:
@@ -92,8 +77,7 @@ def unload(shell: Any) -> None:
     for kind in ("line", "cell"):
         manager.magics[kind].pop("llama", None)
     manager.registry.pop(type(state["magics"]).__name__, None)
-    shell.events.unregister("pre_run_cell", state["hook"])
-    shell.events.unregister("post_run_cell", state["error_hook"])
+    state["magics"].detach()
     if state["saver"] is not None:
         state["saver"].stop()
     session = state["session"]

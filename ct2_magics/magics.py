@@ -2,68 +2,64 @@
 
 from __future__ import annotations
 
-import argparse
+import builtins
 import keyword
+import re
 import shlex
-import sys
 from typing import Any, Callable
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 
-from . import prompts, render
+from . import options, prompts, render
 from .conversation import transcript_sections
-from .errors import LlamaError
+from .errors import LlamaError, LlamaInterrupted
 from .markup import inert_text
 from .response import Request
 from .session import Session
 
-HELP = """\
-%%llama [options]        ask the model; the cell is the prompt, the reply streams into the cell
-  -s/--system TEXT       system prompt for this chat        --chat NAME   chat to use (default: default)
-  --new                  clear the chat first               --once        neither read nor write history
-  -t/--temperature T     0 means greedy (the same reply every time; --seed does not repeat across cells)
-  --top-k K, --top-p P, --seed N, --repetition-penalty R
-  -n/--max-tokens N      most tokens in the reply
-  -o/--out VAR           store the reply in variable VAR (with -f code: the code; -f json: the parsed value)
-  -f/--format F          markdown (default) | text: plain text | code: offer the reply's first ``` block
-                         as the next cell, never run | json: parse the reply (a ```json fence is fine);
-                         if it is not JSON (or has no code block) that is one error line and VAR holds
-                         the raw reply as a str
-  --no-vars              send {...} as written
-  In the cell, {name} is that variable's value, {In[3]} / {Out[3]} a cell's input / output; tables and
-  long values are cut short; {{ and }} are literal braces; anything else in braces stays as written.
-%llama explain [--chat NAME] [-n N] [-t T]
-                         explain the last error (its cell and traceback) for a learner; recorded in a fresh
-                         chat named explain (ask follow-ups with %%llama --chat explain); --chat NAME adds
-                         it to that chat instead
-%llama load MODEL [--device auto|cpu|cuda] [--compute-type T] [--revision R]
-                         MODEL: a converted model's directory, a Hub repo id, or demo
-%llama unload            free the model
-%llama status            model, device, compute type, chats
-%llama history [--chat NAME]   %llama reset [--chat NAME]   %llama undo [--chat NAME]
-%llama system TEXT [--chat NAME]   set a chat's system prompt (empty TEXT clears it)
-%llama chat [--chat NAME]  open the chat panel
-%llama save FILE [--chat NAME]     write the chats (or one) to JSON; a notebook's chats also save as they change
-%llama restore FILE [--chat NAME]  read chats back from FILE, replacing those of the same name
-%llama convert SOURCE OUTPUT [--quantization Q] [--revision R] [--force]
-%llama help              this text
-Defaults: %config LlamaSettings (e.g. %config LlamaSettings.max_tokens = 256)"""
-
+HELP = "\n".join([
+    "%%llama [options]        ask the model; the cell is the prompt, the reply streams into the cell",
+    "  -s/--system TEXT       system prompt for this chat        --chat NAME   chat to use (default: default)",
+    "  --new                  clear the chat first               --once        neither read nor write history",
+    *options.help_lines(),
+    "  -o/--out VAR           store the reply in variable VAR (with -f code: the code; -f json: the parsed value)",
+    "  -f/--format F          markdown (default) | text: plain text | code: offer the reply's first ``` block",
+    "                         as the next cell, never run | json: parse the reply (a ```json fence is fine);",
+    "                         if it is not JSON (or has no code block) that is one error line and VAR holds",
+    "                         the raw reply as a str",
+    "  --no-vars              send {...} as written",
+    "  In the cell, {name} is that variable's value, {In[3]} / {Out[3]} a cell's input / output ({In[-1]}: the",
+    "  cell before this one); tables and long values are cut short; {{ and }} are literal braces; anything else",
+    "  in braces stays as written.",
+    "%llama explain [--chat NAME] [-n N] [-t T]",
+    "                         explain the last error (its cell and traceback) for a learner; recorded in a fresh",
+    "                         chat named explain (ask follow-ups with %%llama --chat explain); --chat NAME adds",
+    "                         it to that chat instead",
+    "%llama load MODEL [--device auto|cpu|cuda] [--compute-type T] [--revision R]",
+    "                         MODEL: a converted model's directory, a Hub repo id, or demo",
+    "%llama unload            free the model (stops any reply first)",
+    "%llama status            model, device, compute type, chats",
+    "%llama history [--chat NAME]   %llama reset [--chat NAME]   %llama undo [--chat NAME]",
+    "%llama system [--chat NAME] TEXT   set a chat's system prompt: the rest of the line, as typed",
+    "%llama system [--chat NAME]        show it          %llama system [--chat NAME] --clear   clear it",
+    "%llama chat [--chat NAME]  open the chat panel",
+    "%llama save FILE [--chat NAME]     write the chats (or one) to JSON; a notebook's chats also save as they change",
+    "%llama restore FILE [--chat NAME]  read chats back from FILE, replacing those of the same name",
+    "%llama convert SOURCE OUTPUT [--quantization Q|none] [--revision R] [--force]",
+    "%llama help              this text",
+    "Defaults: %config LlamaSettings (e.g. %config LlamaSettings.max_tokens = 256)",
+])
 
 FORMATS = ("markdown", "text", "code", "json")
-SAMPLING = ("temperature", "top_k", "top_p", "max_tokens", "seed", "repetition_penalty")
+# IPython's own names in a notebook's namespace: the output and input caches.
+_IPYTHON_NAMES = re.compile(r"_+|_i{1,3}|_i?\d+|_[ido]h")
+_SYSTEM_OPTION = re.compile(r"""\A(?:--chat(?:=|\s+)("[^"]*"|'[^']*'|\S+)|--clear)(?:\s+|\Z)""")
 
 
 def _parser(prog: str) -> MagicArgumentParser:
     return MagicArgumentParser(prog=prog, add_help=False)
-
-
-def _variable(name: str) -> str:
-    if not name.isidentifier() or keyword.iskeyword(name):
-        raise argparse.ArgumentTypeError(f"{name!r} is not a Python variable name")
-    return name
 
 
 def _cell_parser() -> MagicArgumentParser:
@@ -72,19 +68,16 @@ def _cell_parser() -> MagicArgumentParser:
     p.add_argument("--chat", default="default")
     p.add_argument("--new", action="store_true")
     p.add_argument("--once", action="store_true")
-    p.add_argument("-t", "--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("-n", "--max-tokens", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("-o", "--out", type=_variable)
+    options.add_arguments(p)
+    p.add_argument("-o", "--out")
     p.add_argument("-f", "--format", choices=FORMATS, default="markdown")
     p.add_argument("--no-vars", action="store_true")
     return p
 
 
 def _line_parsers() -> dict[str, MagicArgumentParser]:
+    from .cli import add_convert_arguments
+
     parsers: dict[str, MagicArgumentParser] = {}
     load = parsers["load"] = _parser("%llama load")
     load.add_argument("model", nargs="?")
@@ -94,19 +87,11 @@ def _line_parsers() -> dict[str, MagicArgumentParser]:
     for name in ("history", "reset", "undo", "chat"):
         parsers[name] = _parser(f"%llama {name}")
         parsers[name].add_argument("--chat", default="default")
-    system = parsers["system"] = _parser("%llama system")
-    system.add_argument("text", nargs="*")
-    system.add_argument("--chat", default="default")
     explain = parsers["explain"] = _parser("%llama explain")
     explain.add_argument("--chat")
-    explain.add_argument("-n", "--max-tokens", type=int)
-    explain.add_argument("-t", "--temperature", type=float)
-    convert = parsers["convert"] = _parser("%llama convert")
-    convert.add_argument("source")
-    convert.add_argument("output")
-    convert.add_argument("--quantization", default="int8_float16")
-    convert.add_argument("--revision")
-    convert.add_argument("--force", action="store_true")
+    options.add_arguments(explain)
+    add_convert_arguments(convert := _parser("%llama convert"))
+    parsers["convert"] = convert
     for name in ("save", "restore"):
         parsers[name] = _parser(f"%llama {name}")
         parsers[name].add_argument("file")
@@ -124,9 +109,24 @@ def split(line: str) -> list[str]:
         raise UsageError(f"Cannot read the options ({e}); check the quotes.") from None
 
 
+def system_line(rest: str) -> tuple[str, bool, str]:
+    """(chat, clear, text) of `%llama system ...`: options first, then the text as typed (one pair of quotes dropped)."""
+    chat, clear = "default", False
+    while (m := _SYSTEM_OPTION.match(rest)) is not None:
+        if m.group(1) is None:
+            clear = True
+        else:
+            chat = m.group(1)[1:-1] if m.group(1)[:1] in "\"'" else m.group(1)
+        rest = rest[m.end():]
+    text = rest.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" and text[0] not in text[1:-1]:
+        text = text[1:-1]
+    return chat, clear, text
+
+
 @magics_class
 class LlamaMagics(Magics):
-    """The %llama / %%llama magics, a thin face over the kernel-wide session."""
+    """The %llama / %%llama magics, a thin face over the kernel-wide session; they own their IPython state."""
 
     def __init__(self, shell: Any, session: Session) -> None:
         super().__init__(shell)
@@ -134,26 +134,51 @@ class LlamaMagics(Magics):
         self.cell_parser = _cell_parser()
         self.line_parsers = _line_parsers()
         self.cell_id: str | None = None
-        self._last_error: BaseException | None = None
+        self.last_error: BaseException | None = None  # the last cell's failure that %llama explain explains
 
     @property
     def settings(self):
         return self.session.settings
 
+    # -- IPython events: registered by attach(), removed by detach() --------------------------------
+    def attach(self) -> None:
+        self.shell.events.register("pre_run_cell", self.pre_run_cell)
+        self.shell.events.register("post_run_cell", self.post_run_cell)
+
+    def detach(self) -> None:
+        self.shell.events.unregister("pre_run_cell", self.pre_run_cell)
+        self.shell.events.unregister("post_run_cell", self.post_run_cell)
+
+    def pre_run_cell(self, info: Any) -> None:
+        self.cell_id = getattr(info, "cell_id", None)
+
+    def post_run_cell(self, result: Any) -> None:
+        # Usage errors, interrupts and one-line LlamaErrors have nothing to explain: the failure before them stays.
+        error = result.error_in_exec or result.error_before_exec
+        if error is not None and not isinstance(error, (UsageError, KeyboardInterrupt, LlamaError)):
+            self.last_error = error
+
+    # -- the magic ------------------------------------------------------------------------------
     @line_cell_magic
     def llama(self, line: str, cell: str | None = None) -> None:
         """Ask a local Llama model (%%llama), or manage it (%llama load|explain|status|...). See %llama help."""
-        self._remember_error()
         try:
             if cell is None:
                 self._command(line)
             else:
                 args = self.cell_parser.parse_args(split(line))
+                self._check_variable(args.out)
                 response = self.session.respond(self._request(args, cell))
                 self._show(response, plain=args.format == "text")
                 self._deliver(response.text, args.format, args.out)
         except LlamaError as e:
             raise UsageError(inert_text(str(e))) from None
+        except LlamaInterrupted:
+            raise
+        except KeyboardInterrupt:
+            replied = cell is not None or line.split()[:1] == ["explain"]
+            raise LlamaInterrupted("the reply stopped; what it wrote is kept in its chat, marked interrupted."
+                                   if replied else f"%llama {inert_text(line.strip())} was interrupted.") from None
 
     @staticmethod
     def _say(line: str) -> None:
@@ -165,16 +190,26 @@ class LlamaMagics(Magics):
                     plain=plain, quiet=self.settings.quiet, remote_images=self.settings.remote_images)
 
     # -- the cell magic ---------------------------------------------------------------------------
+    def _check_variable(self, name: str | None) -> None:
+        """-o NAME must be a name that replaces none of Python's builtins nor IPython's own."""
+        if name is None:
+            return
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise LlamaError(f"-o {name}: {name!r} is not a Python variable name.")
+        ipython = name in getattr(self.shell, "user_ns_hidden", {}) or _IPYTHON_NAMES.fullmatch(name)
+        if ipython or hasattr(builtins, name) or (name.startswith("__") and name.endswith("__")):
+            whose = "IPython's" if ipython else "Python's"
+            raise LlamaError(f"-o {name} would replace {whose} own {name}; store the reply under another name.")
+
     def _request(self, args: Any, cell: str) -> Request:
         prompt = cell.strip()
         if not args.no_vars:
             prompt, missing = prompts.substitute(prompt, self.shell.user_ns)
             if missing:
-                self.session.notify(f"Left {', '.join(missing)} as written: no such variable "
+                self.session.notify(f"Left {', '.join(missing)} as written: no such variable or cell "
                                     "(write {{ and }} for literal braces, or use --no-vars).")
-        options = {k: getattr(args, k) for k in SAMPLING}
         return Request(prompt, chat=args.chat, system=args.system, new=args.new, once=args.once,
-                       cell_id=self.cell_id, options={k: v for k, v in options.items() if v is not None})
+                       cell_id=self.cell_id, options={n: getattr(args, n) for n in options.NAMES})
 
     def _deliver(self, reply: str, fmt: str, out: str | None) -> None:
         """Hand the finished reply to the notebook: offered as the next cell, parsed, stored in `out`."""
@@ -200,13 +235,15 @@ class LlamaMagics(Magics):
 
     # -- line commands ----------------------------------------------------------------------------
     def _command(self, line: str) -> None:
-        words = split(line)
-        if not words:
+        name, _, rest = line.strip().partition(" ")
+        if not name:
             raise UsageError("Say what to do: %llama load MODEL, %llama status, ... (see %llama help); to ask, use %%llama in a cell.")
-        name, rest = words[0], words[1:]
+        if name == "system":  # the rest of the line is the prompt, as typed: no shell quoting rules
+            return self._cmd_system(*system_line(rest.strip()))
         if name not in self.line_parsers:
-            raise UsageError(f"Unknown command %llama {name}; commands: {', '.join(sorted(self.line_parsers))}. To ask, use %%llama in a cell.")
-        args = self.line_parsers[name].parse_args(rest)
+            raise UsageError(f"Unknown command %llama {name}; commands: {', '.join(sorted([*self.line_parsers, 'system']))}. "
+                             "To ask, use %%llama in a cell.")
+        args = self.line_parsers[name].parse_args(split(rest))
         handler: Callable[[Any], None] = getattr(self, f"_cmd_{name}")
         handler(args)
 
@@ -240,19 +277,28 @@ class LlamaMagics(Magics):
         turn = self.session.undo(args.chat)
         self._say(f"Removed the last exchange of chat {args.chat!r} ({turn.user[:60]!r}).")
 
-    def _cmd_system(self, args: Any) -> None:
-        text = " ".join(args.text).strip()
-        self.session.chat(args.chat).set_system(text or None)
-        self._say(f"System prompt of chat {args.chat!r} {'set' if text else 'cleared'}.")
+    def _cmd_system(self, chat: str, clear: bool, text: str) -> None:
+        if clear and text:
+            raise LlamaError("%llama system --clear takes no text; to set a system prompt, leave --clear out.")
+        if not clear and not text:
+            current = self.session.chat(chat, create=False).system
+            self._say(f"System prompt of chat {chat!r}: {current}" if current else
+                      f"Chat {chat!r} has no system prompt; set one with %llama system TEXT.")
+            return
+        self.session.chat(chat).set_system(None if clear else text)
+        self._say(f"System prompt of chat {chat!r} {'cleared' if clear else 'set'}.")
 
     def _cmd_chat(self, args: Any) -> None:
         from IPython.display import display
 
-        display(self.session.panel(args.chat))
+        from .panel import ChatPanel
+
+        display(ChatPanel(self.session, args.chat))
 
     def _cmd_save(self, args: Any) -> None:
         from . import store
 
+        _check_file_name(args.file)
         chats = [self.session.chat(args.chat, create=False)] if args.chat else list(self.session.chats)
         try:
             store.write(args.file, chats, store.notebook_of(self.shell))
@@ -263,6 +309,7 @@ class LlamaMagics(Magics):
     def _cmd_restore(self, args: Any) -> None:
         from . import store
 
+        _check_file_name(args.file)
         try:
             saved = store.read(args.file)
         except store.Unreadable as e:
@@ -275,25 +322,22 @@ class LlamaMagics(Magics):
         note = f" Replaced what chat {', '.join(map(repr, replaced))} held before." if replaced else ""
         self._say(f"Restored {store.count(saved)} from {args.file}.{note}")
 
-    def _remember_error(self) -> None:
-        """Note the last error shown with a traceback (IPython keeps it in sys.last_value) for %llama explain."""
-        # A usage error (a mistyped %llama, a model that would not load) replaces sys.last_value; keeping
-        # the error before it lets %llama explain still explain the cell that failed.
-        error = getattr(sys, "last_value", None)
-        if error is not None and not isinstance(error, UsageError):
-            self._last_error = error
-
     def _cmd_explain(self, args: Any) -> None:
-        if self._last_error is None:
+        if self.last_error is None:
             raise UsageError("There is no error to explain yet; run a cell that fails, then %llama explain.")
         shell = self.shell
-        report = prompts.error_report(self._last_error, shell.compile._filename_map, shell.history_manager.input_hist_raw)
-        options = {"max_tokens": args.max_tokens, "temperature": args.temperature}
-        request = Request(prompts.explain_prompt(report), chat=args.chat or "explain", new=args.chat is None,
-                          cell_id=self.cell_id, options={k: v for k, v in options.items() if v is not None})
+        report = prompts.error_report(self.last_error, shell.compile._filename_map, shell.history_manager.input_hist_raw)
+        request = Request(prompts.explain_question(report), chat=args.chat or "explain", new=args.chat is None,
+                          cell_id=self.cell_id, options={n: getattr(args, n) for n in options.NAMES},
+                          instructions=prompts.EXPLAIN_INSTRUCTIONS)
         self._show(self.session.respond(request))
 
     def _cmd_convert(self, args: Any) -> None:
-        from .convert import convert
+        from .cli import run_convert
 
-        convert(args.source, args.output, quantization=args.quantization, revision=args.revision, force=args.force)
+        run_convert(args)
+
+
+def _check_file_name(name: str) -> None:
+    if "\x00" in name:
+        raise LlamaError("The file name holds a NUL character (\\x00); give a plain path.")

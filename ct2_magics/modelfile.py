@@ -77,6 +77,21 @@ def saved_compute_type(model_dir: str | Path) -> str | None:
     return big
 
 
+def read_vocabulary(model_dir: str | Path) -> list[str] | None:
+    """The tokens of a converted model, by id (vocabulary.json, or an older conversion's vocabulary.txt); None if unreadable."""
+    model_dir = Path(model_dir)
+    try:
+        if (model_dir / "vocabulary.json").is_file():
+            with open(model_dir / "vocabulary.json", encoding="utf-8") as f:
+                tokens = json.load(f)
+        else:
+            tokens = (model_dir / "vocabulary.txt").read_text(encoding="utf-8").split("\n")
+            tokens = tokens[:-1] if tokens and tokens[-1] == "" else tokens
+    except (OSError, ValueError):
+        return None
+    return tokens if isinstance(tokens, list) and all(isinstance(t, str) for t in tokens) else None
+
+
 def read_json(path: Path) -> dict:
     """A JSON file as a dict; {} when missing or unreadable."""
     try:

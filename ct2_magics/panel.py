@@ -13,6 +13,7 @@ import ipywidgets as widgets
 from .conversation import Chat, Turn
 from .errors import LlamaError
 from .markup import Streaming, inert_text
+from .options import OPTIONS
 from .render import reply_bundle
 from .response import Request, Response
 from .session import Session
@@ -22,7 +23,6 @@ from .session import Session
 SEND_KEY = "\x04"
 STATIC = Path(__file__).with_name("static")
 SHORTCUT = "Ctrl+Enter"
-NUMBERS = ("temperature", "top_p", "top_k", "max_tokens")
 
 
 @functools.lru_cache(maxsize=1)
@@ -42,13 +42,6 @@ def _assets() -> widgets.DOMWidget:
     return _assets_class()()
 
 
-def _number(text: str) -> Any:
-    try:
-        return float(text) if any(c in text for c in ".eE") else int(text)
-    except ValueError:
-        return text  # the session says what is wrong with it, in one line
-
-
 def _message(role: str, data: dict[str, str]) -> dict[str, Any]:
     return {"output_type": "display_data", "data": data, "metadata": {"role": role}}
 
@@ -63,7 +56,7 @@ class ChatPanel:
         self._worker: threading.Thread | None = None
         self._response: Response | None = None  # set once the worker has built it
         self._pending: str | None = None  # the user text this panel is asking about, until its turn is recorded
-        self._waiting = self._stop_asked = self._closed = False
+        self._waiting = self._closed = False
         self._boxes: list[widgets.Output] = []
         self._shown: list[tuple[str, str]] = []
         self._partial = Streaming()  # renders the reply being written
@@ -91,11 +84,11 @@ class ChatPanel:
                                               rows=2, continuous_update=False, style={"description_width": "8rem"},
                                               layout=box(width="100%"))
         self.system_prompt.observe(lambda _change: self._apply_system(), "value")
-        for name in NUMBERS:
-            setattr(self, name, widgets.Text(description=name.replace("_", " " if name == "max_tokens" else "-"),
-                                             placeholder="model default", continuous_update=False,
-                                             style={"description_width": "initial"}, layout=box(width="13rem")))
-        numbers = widgets.HBox([getattr(self, n) for n in NUMBERS], layout=box(flex_flow="row wrap"))
+        for o in OPTIONS:  # the same options, ranges and messages as %%llama and llama.ask
+            setattr(self, o.name, widgets.Text(description=o.label, placeholder="model default", tooltip=o.help,
+                                               continuous_update=False, style={"description_width": "initial"},
+                                               layout=box(width="13rem")))
+        numbers = widgets.HBox([getattr(self, o.name) for o in OPTIONS], layout=box(flex_flow="row wrap"))
         self.settings = widgets.Accordion([widgets.VBox([self.system_prompt, numbers])], titles=("Settings",),
                                           selected_index=None)
         buttons = widgets.HBox([self.send_button, self.stop_button, self.retry_button, self.undo_button,
@@ -126,14 +119,22 @@ class ChatPanel:
             if self.busy or not text.strip():
                 self._say("Still answering; press Stop first." if self.busy else "Type a message first.", error=True)
                 return False
-            options = {n: _number(getattr(self, n).value.strip()) for n in NUMBERS if getattr(self, n).value.strip()}
-            self._pending, self._response, self._waiting, self._stop_asked = text, None, False, False
+            options = {o.name: getattr(self, o.name).value for o in OPTIONS if getattr(self, o.name).value.strip()}
+            try:  # checked here, at once: a bad setting is one line and asks nothing, records nothing
+                response = self.session.respond(Request(text, chat=self.chat.name, options=options))
+            except LlamaError as e:
+                if _restore is not None:
+                    self.chat.record(_restore)
+                self._say(str(e), error=True)
+                return False
+            response.on_waiting = self._on_waiting
+            self._pending, self._response, self._waiting = text, response, False
             self._partial = Streaming(remote_images=self.session.settings.remote_images)
             if from_input:
                 self.input.value = ""
             self._refresh()
             self._say("loading the model…" if self.session.engine is None else "thinking…")
-            self._worker = threading.Thread(target=self._work, args=(text, options, _restore), daemon=True,
+            self._worker = threading.Thread(target=self._work, args=(response, _restore), daemon=True,
                                             name=f"ct2-panel-{self.chat.name}")
             self._worker.start()
         return True
@@ -141,7 +142,6 @@ class ChatPanel:
     def stop(self) -> None:
         """Stop the model within a step; the partial answer is kept, marked stopped."""
         with self._lock:
-            self._stop_asked = self.busy
             response = self._response
         if response is not None:
             response.stop()
@@ -190,17 +190,10 @@ class ChatPanel:
             todo.extend(getattr(w, "children", ()))
             w.close()
 
-    def _work(self, text: str, options: dict[str, Any], restore: Turn | None) -> None:
-        response: Response | None = None
+    def _work(self, response: Response, restore: Turn | None) -> None:
         error: str | None = None
         interval = 1.0 / max(self.session.settings.updates_per_second, 0.1)
         try:
-            response = self.session.respond(Request(text, chat=self.chat.name, options=options))
-            response.on_waiting = self._on_waiting
-            with self._lock:
-                self._response = response
-                if self._stop_asked:
-                    response.stop()
             last = 0.0
             for _ in response:
                 if time.perf_counter() - last >= interval:
@@ -214,11 +207,11 @@ class ChatPanel:
         finally:
             with self._lock:
                 self._pending, self._response, self._waiting = None, None, False
-            if error is not None and (response is None or response.status == "pending"):
+            if response.turn is None:  # nothing was recorded (an error, or stopped before it began)
                 if restore is not None:  # a failed retry must not cost the exchange it replaced
                     self.chat.record(restore)
                 elif not self.input.value:
-                    self.input.value = text
+                    self.input.value = response.request.prompt
             self._refresh()
             self._say(error if error is not None else self._line(response, final=True), error=error is not None)
 
@@ -285,6 +278,8 @@ class ChatPanel:
 
     def _line(self, response: Response, final: bool = False) -> str:
         s, e = response.stats, response.engine
+        if e is None:  # it ended while it waited for the model
+            return f"{response.status} before the model began" if final else "thinking…"
         parts = [e.name, e.device, f"{s.reply_tokens} tokens", f"{s.tokens_per_s:.1f} tokens/s"]
         if final and response.status != "complete":
             parts.append(response.status)

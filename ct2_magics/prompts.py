@@ -15,7 +15,7 @@ CELL_LIMIT = 3000  # characters of the failing cell in an explain prompt
 TRACEBACK_FRAMES = 6
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
-_HISTORY = re.compile(r"(In|Out)\[(\d+)\]")
+_HISTORY = re.compile(r"(In|Out)\[(-?\d+)\]")
 
 
 def truncate(text: str, limit: int = VALUE_LIMIT) -> str:
@@ -50,8 +50,11 @@ def _lookup(expr: str, namespace: Mapping[str, Any]) -> tuple[bool, Any]:
     m = _HISTORY.fullmatch(expr)
     if m is None:
         return False, None
+    n = int(m.group(2))
     try:
-        return True, namespace[m.group(1)][int(m.group(2))]
+        if n < 0:  # counted back from this cell: In[-1] is the cell before it (In[len(In) - 1] is this one)
+            n += len(namespace["In"]) - 1
+        return (True, namespace[m.group(1)][n]) if n > 0 else (False, None)
     except (KeyError, IndexError, TypeError):
         return False, None
 
@@ -130,14 +133,16 @@ def _fenced(text: str, lang: str = "") -> str:
     return f"{fence}{lang}\n{text}\n{fence}"
 
 
-def explain_prompt(report: ErrorReport) -> str:
-    """The prompt that asks for a short, friendly explanation of an error, for a learner."""
-    parts = [
-        f"I am learning Python. Running a notebook cell gave me a {report.kind}. "
-        "Explain briefly and kindly, in plain words: what this error means, why this code raised it, "
-        "and how to fix it. Keep it short; show at most a small corrected snippet."
-    ]
+EXPLAIN_INSTRUCTIONS = (
+    "I am learning Python. Explain briefly and kindly, in plain words: what this error means, why this code "
+    "raised it, and how to fix it. Keep it short; show at most a small corrected snippet."
+)
+
+
+def explain_question(report: ErrorReport) -> str:
+    """What the learner asks %llama explain, as their chat shows it: the error and the cell that raised it."""
+    parts = [f"Why did my cell{f' ({report.cell_label})' if report.cell_label else ''} raise {report.kind}?"]
     if report.cell:
-        parts.append(f"The cell I ran ({report.cell_label}):\n{_fenced(report.cell, 'python')}")
+        parts.append(f"The cell I ran:\n{_fenced(report.cell, 'python')}")
     parts.append(f"The error:\n{_fenced(report.traceback, 'text')}")
     return "\n\n".join(parts)

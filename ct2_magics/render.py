@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
 import sys
+import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from .markup import Streaming, bundle, inert_text, sections_html, to_html
 
@@ -126,24 +129,66 @@ class TextStream:
 
 def show(response: Any, shell: Any, *, mode: str = "auto", rate: float = 15.0, plain: bool = False,
          quiet: bool = False, remote_images: bool = False) -> None:
-    """Stream `response` into the current cell; a KeyboardInterrupt keeps the partial reply, then propagates."""
+    """Stream `response` into the current cell; whatever ends it (a KeyboardInterrupt in the display code too),
+    the reply is closed, its turn recorded and the cell shows that same text, then the exception propagates."""
     if not wants_markdown(shell, mode):
         view: MarkdownStream | TextStream = TextStream()
     else:
         view = PlainStream(rate) if plain else MarkdownStream(rate, remote_images=remote_images)
-    if not quiet:
-        for line in response.notices:
-            print(inert_text(line))
-    view.start()
-    response.on_waiting = view.waiting
+    started = False
+
+    def start() -> None:  # the display appears only once there is something to show: an error before that is one line
+        nonlocal started
+        if not started:
+            started = True
+            view.start()
+
+    def begin() -> None:
+        if not quiet:
+            for line in response.notices:
+                print(inert_text(line))
+        start()
+
+    def waiting(waiting: bool) -> None:
+        start()
+        view.waiting(waiting)
+
+    response.on_waiting, response.on_start = waiting, begin
+    reader = iter(response)
+    interrupted = False
     try:
-        for _ in response:
+        for _ in reader:
             view.update(response.text)
     except KeyboardInterrupt:
-        response.interrupt()
-        view.finish(response.text, response.status, response.metadata())
+        interrupted = True
         raise
-    view.finish(response.text, response.status, response.metadata())
+    finally:
+        with sigint_deferred():
+            if interrupted:
+                response.interrupt()
+            getattr(reader, "close", lambda: None)()
+            if started:
+                view.finish(response.text, response.status, response.metadata())
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that comes during the block until it ends (main thread only), so that it cannot cut it short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous in (signal.SIG_IGN, signal.SIG_DFL, None):  # nothing would raise KeyboardInterrupt anyway
+        yield
+        return
+    held: list[Any] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and callable(previous):
+        previous(*held[0])
 
 
 def show_transcript(sections: list[tuple[str, str]], shell: Any, mode: str = "auto", *,

@@ -1,13 +1,26 @@
-"""The kernel-wide session: one engine, all chats; the magic, the panel and `llama` all reach it here."""
+"""The kernel-wide session: the model's owner, all chats and the settings; every front end reaches them here."""
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .conversation import Chat, Chats, Turn, transcript
+from .errors import LlamaError
+from .owner import ModelOwner
 from .response import Request, Response
 from .settings import LlamaSettings
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+DEMO_NOTICE = "Loaded the offline demo model: its weights are random, so its text is gibberish. Use it to try the tools."
+
+
+def _text_or_none(value: Any, what: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise LlamaError(f"{what} must be text; got {value!r}.")
+    return value
 
 
 class Session:
@@ -15,88 +28,84 @@ class Session:
 
     def __init__(self, settings: LlamaSettings | None = None) -> None:
         self.settings = settings or LlamaSettings()
-        self.engine = None
+        self.owner = ModelOwner()
         self.chats = Chats(default_system=lambda: self.settings.system)
         self._load_lock = threading.RLock()
-        self.active: set[Response] = set()  # replies streaming now (at most one per engine)
         self.last_errors: list[Any] = []  # per-item failures of the last generate/map
         self.notify: Callable[[str], None] = lambda line: None  # one-line notices; the magics set a printer
 
     # -- model --------------------------------------------------------------------------------
+    @property
+    def engine(self) -> Engine | None:
+        return self.owner.engine
+
+    @property
+    def busy(self) -> bool:
+        """Whether a reply or a batch holds the model now."""
+        return self.owner.busy
+
     def load(self, model: str | None = None, *, device: str | None = None, compute_type: str | None = None,
-             revision: str | None = None) -> Any:
-        """Load a model (a directory, a Hub repo id, or 'demo'); a no-op if it is already loaded."""
+             revision: str | None = None) -> Engine:
+        """Load a model (a directory, a Hub repo id, or 'demo'); a no-op if it is already loaded.
+
+        The new model is checked in full before the loaded one is freed; if it fails, the loaded one stays.
+        """
         from . import hub
         from .engine import Engine
 
-        model = model or self.settings.model
-        device = device or self.settings.device
-        compute_type = compute_type or self.settings.compute_type
+        if model is not None and not isinstance(model, str) and hasattr(model, "__fspath__"):
+            model = str(model)
+        model = _text_or_none(model, "The model (a directory, a Hub repo id, or demo)") or self.settings.model
+        device = _text_or_none(device, "device") or self.settings.device
+        compute_type = _text_or_none(compute_type, "compute_type") or self.settings.compute_type
+        revision = _text_or_none(revision, "revision")
         with self._load_lock:
             old = self.engine
             if old is not None and (old.name, old.requested, old.revision) == (model, (device, compute_type), revision):
                 return old
             path = hub.resolve(model, revision=revision)
-            self.stop_all()
-            room = _Room(old)
-            try:
-                engine = Engine(path, name=model, device=device, compute_type=compute_type,
-                                threads=self.settings.threads, make_room=room.make)
-            except BaseException:
-                room.restore()  # a model that fails to load never costs the one that was loaded
-                raise
+
+            def build(make_room: Callable[[], None]) -> Engine:
+                return Engine(path, name=model, device=device, compute_type=compute_type,
+                              threads=self.settings.threads, make_room=make_room)
+
+            engine = self.owner.replace(build)
             engine.revision = revision
-            self.engine = engine
-            if old is not None:
-                with old.lock:
-                    old.close()
-        notices = list(engine.notices)
-        if model == "demo":
-            notices.append("Loaded the offline demo model: its weights are random, so its text is gibberish. Use it to try the tools.")
+        notices = list(engine.notices) + ([DEMO_NOTICE] if model == "demo" else [])
         for line in notices if not self.settings.quiet else ():
             self.notify(line)
         return engine
 
     def stop_all(self) -> None:
-        """Stop every reply that is streaming (the panel's too), so the model can be freed or replaced."""
-        for response in list(self.active):
-            response.stop()
+        """Stop every reply and batch (the panel's too), within a step."""
+        self.owner.stop_all()
 
     def unload(self) -> bool:
-        self.stop_all()
+        """Stop everything that uses the model and free it; False if none was loaded."""
         with self._load_lock:
-            engine, self.engine = self.engine, None
-        if engine is None:
-            return False
-        with engine.lock:  # let a running reply finish its step first
-            engine.close()
-        return True
+            return self.owner.unload()
 
-    def ensure_engine(self) -> Any:
-        return self.engine if self.engine is not None else self.load()
+    def ensure_engine(self) -> Engine:
+        """The loaded model, loading the default one (LlamaSettings.model) if none is."""
+        engine = self.engine
+        return engine if engine is not None else self.load()
 
     @property
     def generator(self) -> Any:
-        return None if self.engine is None else self.engine.generator
+        e = self.engine
+        return None if e is None else e.generator
 
     @property
     def tokenizer(self) -> Any:
-        return None if self.engine is None else self.engine.tokenizer
+        e = self.engine
+        return None if e is None else e.tokenizer
 
     # -- asking -------------------------------------------------------------------------------
     def respond(self, request: Request) -> Response:
+        """A reply to `request`, checked now; it asks the model when it is first read."""
         return Response(self, request)
 
-    def stream(self, prompt: str, chat: str = "default", *, system: str | None = None, new: bool = False,
-               once: bool = False, **settings: Any) -> Response:
-        """Ask and iterate the reply's text pieces as they are generated."""
-        return self.respond(Request(prompt, chat=chat, system=system, new=new, once=once, options=settings))
-
-    def ask(self, prompt: str, chat: str = "default", **kwargs: Any) -> str:
-        """Ask and return the whole reply."""
-        return self.stream(prompt, chat, **kwargs).consume()
-
-    def generate(self, prompts: list[str], **kwargs: Any) -> list[str | None]:
+    def generate(self, prompts: Any, **kwargs: Any) -> list[str | None]:
         """Answer many independent prompts in batches, in input order; see ct2_magics.batch.generate."""
         from .batch import generate
 
@@ -107,12 +116,6 @@ class Session:
         from .batch import map_items
 
         return map_items(self, items, template, **kwargs)
-
-    def panel(self, chat: str = "default") -> Any:
-        """An ipywidgets chat panel over `chat`, sharing this session's model and history."""
-        from .panel import ChatPanel
-
-        return ChatPanel(self, chat)
 
     # -- chats --------------------------------------------------------------------------------
     def chat(self, name: str = "default", create: bool = True) -> Chat:
@@ -149,23 +152,6 @@ class Session:
         return f"<ct2_magics session: {'no model' if e is None else e.name + ' on ' + e.device}, {len(self.chats)} chat(s)>"
 
 
-class _Room:
-    """Frees the loaded model's memory for a new one, and can bring it back if the new one fails."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine, self.freed = engine, False
-
-    def make(self) -> None:
-        if self.engine is not None and self.engine.generator is not None:
-            with self.engine.lock:
-                self.engine.generator.unload_model()
-            self.freed = True
-
-    def restore(self) -> None:
-        if self.freed:
-            self.engine.generator.load_model()
-
-
 _session: Session | None = None
 _session_lock = threading.Lock()
 
@@ -180,7 +166,7 @@ def get_session() -> Session:
 
 
 def drop_session() -> None:
-    """Free the model and forget the session (used by %unload_ext)."""
+    """Free the model and forget the session (a fresh start, as after a kernel restart)."""
     global _session
     with _session_lock:
         session, _session = _session, None

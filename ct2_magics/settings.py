@@ -1,20 +1,45 @@
-"""Kernel-wide settings as traitlets, so `%config LlamaSettings.x = ...` and ipython_config.py work."""
+"""Kernel-wide settings as traitlets, so `%config LlamaSettings.x = ...` and ipython_config.py work; values are checked."""
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from traitlets import Bool, CFloat, CInt, Enum, Unicode, default
+from traitlets import Bool, CFloat, CInt, Enum, TraitError, TraitType, Unicode, default, validate
 from traitlets.config import Configurable
 
-from .errors import LlamaError
+from .errors import LlamaError, check_text
+from .options import OPTIONS, Option
 
 REFERENCE_MODEL = "avans06/Meta-Llama-3.2-8B-Instruct-ct2-int8_float16"
 
-# Used when neither the user nor the model's generation_config.json says otherwise.
-BUILTIN = {"temperature": 0.7, "top_k": 0, "top_p": 1.0, "max_tokens": 512, "repetition_penalty": 1.0}
+
+class SettingError(LlamaError, TraitError):
+    """A setting refused: one line from %config (traitlets' own error) and from Python (a LlamaError)."""
+
+
+class OptionTrait(TraitType):
+    """A sampling option as a setting: None (the model's default) or a value the option's own check accepts."""
+
+    def __init__(self, option: Option) -> None:
+        super().__init__(None, allow_none=True, help=f"{option.help[:1].upper()}{option.help[1:]}.")
+        self.option = option
+        self.info_text = f"{option.allowed}, or None for the model's default"
+        self.tag(config=True)
+
+    def validate(self, obj: Any, value: Any) -> Any:
+        try:
+            return self.option.check(value)
+        except LlamaError as e:
+            raise SettingError(f"LlamaSettings.{e}") from None
+
+    def from_string(self, s: str) -> Any:  # `--LlamaSettings.top_k=40` on a command line: the check reads text
+        return None if s.strip() == "None" else s
+
+
+# Whole numbers the settings take: (smallest, largest).
+_COUNTS = {"threads": (0, 1024), "max_context": (16, 2**31 - 1), "batch_size": (1, 2**31 - 1)}
 
 
 class LlamaSettings(Configurable):
@@ -23,13 +48,10 @@ class LlamaSettings(Configurable):
     model = Unicode(help="Model loaded when a prompt runs with none loaded (env CT2_MAGICS_MODEL).").tag(config=True)
     device = Enum(["auto", "cpu", "cuda"], "auto", help="Where the model runs.").tag(config=True)
     compute_type = Unicode("auto", help="CTranslate2 compute type, or auto.").tag(config=True)
-    threads = CInt(0, help="CPU threads for decoding; 0 lets CTranslate2 choose.").tag(config=True)
+    threads = CInt(0, help="CPU threads for decoding; 0 lets ct2-magics choose.").tag(config=True)
     system = Unicode(None, allow_none=True, help="System prompt for new chats.").tag(config=True)
-    temperature = CFloat(None, allow_none=True, help="0 means greedy.").tag(config=True)
-    top_k = CInt(None, allow_none=True, help="0 means no top-k cut.").tag(config=True)
-    top_p = CFloat(None, allow_none=True).tag(config=True)
-    max_tokens = CInt(None, allow_none=True, help="Most tokens in one reply.").tag(config=True)
-    repetition_penalty = CFloat(None, allow_none=True).tag(config=True)
+    # The sampling options, one trait each, from the one table in options.py.
+    vars().update({o.name: OptionTrait(o) for o in OPTIONS})
     max_context = CInt(8192, help="Most prompt+reply tokens; older turns are left out to fit.").tag(config=True)
     batch_size = CInt(16, help="Prompts decoded together by llama.generate and llama.map.").tag(config=True)
     updates_per_second = CFloat(15.0, help="Most display updates per second while streaming.").tag(config=True)
@@ -44,65 +66,27 @@ class LlamaSettings(Configurable):
     def _default_model(self) -> str:
         return os.environ.get("CT2_MAGICS_MODEL") or REFERENCE_MODEL
 
+    @validate(*_COUNTS)
+    def _check_count(self, proposal: Any) -> int:
+        name, value = proposal["trait"].name, proposal["value"]
+        low, high = _COUNTS[name]
+        if not low <= value <= high:
+            raise SettingError(f"LlamaSettings.{name} must be a whole number from {low} to {high}; got {value!r}.")
+        return value
 
-@dataclass(frozen=True)
-class Sampling:
-    """Generation settings of one request, validated."""
+    @validate("updates_per_second")
+    def _check_rate(self, proposal: Any) -> float:
+        value = proposal["value"]
+        if not (math.isfinite(value) and value > 0):
+            raise SettingError(f"LlamaSettings.updates_per_second must be a number > 0; got {value!r}.")
+        return value
 
-    temperature: float = BUILTIN["temperature"]
-    top_k: int = BUILTIN["top_k"]
-    top_p: float = BUILTIN["top_p"]
-    max_tokens: int = BUILTIN["max_tokens"]
-    repetition_penalty: float = BUILTIN["repetition_penalty"]
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        checks = {
-            "temperature": (self.temperature >= 0, "a number >= 0 (0 means greedy)"),
-            "top_k": (self.top_k >= 0, "a whole number >= 0 (0 means no cut)"),
-            "top_p": (0 < self.top_p <= 1, "a number in (0, 1]"),
-            "max_tokens": (self.max_tokens >= 1, "a whole number >= 1"),
-            "repetition_penalty": (self.repetition_penalty > 0, "a number > 0 (1 means none)"),
-            "seed": (self.seed is None or self.seed >= 0, "a whole number >= 0"),
-        }
-        for name, (ok, what) in checks.items():
-            if not ok:
-                raise LlamaError(f"{name} must be {what}; got {getattr(self, name)}.")
-
-    def to_ct2(self) -> dict[str, Any]:
-        """Keyword arguments for Generator.generate_tokens / generate_batch."""
-        greedy = self.temperature == 0
-        return {
-            "max_length": self.max_tokens,
-            "sampling_topk": 1 if greedy else self.top_k,
-            "sampling_topp": 1.0 if greedy else self.top_p,
-            "sampling_temperature": 1.0 if greedy else self.temperature,
-            "repetition_penalty": self.repetition_penalty,
-        }
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-SAMPLING_NAMES = tuple(f.name for f in fields(Sampling))
-_CASTS = {"temperature": float, "top_k": int, "top_p": float, "max_tokens": int, "repetition_penalty": float, "seed": int}
-
-
-def resolve_sampling(explicit: dict[str, Any], settings: LlamaSettings, model_defaults: dict[str, Any]) -> Sampling:
-    """Explicit options beat user settings, which beat the model's generation_config, which beats BUILTIN."""
-    unknown = set(explicit) - set(SAMPLING_NAMES)
-    if unknown:
-        raise LlamaError(f"Unknown setting {sorted(unknown)[0]!r}; use one of: {', '.join(SAMPLING_NAMES)}.")
-    values: dict[str, Any] = dict(BUILTIN)
-    values.update({k: v for k, v in model_defaults.items() if k in _CASTS and v is not None})
-    values.update({k: getattr(settings, k) for k in BUILTIN if getattr(settings, k) is not None})
-    values.update({k: v for k, v in explicit.items() if v is not None})
-    out = {}
-    for name, value in values.items():
-        try:
-            out[name] = _CASTS[name](value)
-        except (TypeError, ValueError):
-            raise LlamaError(f"{name} must be a number; got {value!r}.") from None
-        if isinstance(value, float) and _CASTS[name] is int and value != int(value):
-            raise LlamaError(f"{name} must be a whole number; got {value!r}.")
-    return replace(Sampling(), **out)
+    @validate("system")
+    def _check_system(self, proposal: Any) -> str | None:
+        value = proposal["value"]
+        if value is not None:
+            try:
+                check_text(value, "system prompt")
+            except LlamaError as e:
+                raise SettingError(f"LlamaSettings.system: {e}") from None
+        return value

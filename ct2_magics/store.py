@@ -225,11 +225,11 @@ class AutoSaver:
         except (OSError, Unreadable) as e:
             self._set_aside(e)
             return []
-        held = {c.name for c in self.session.chats if c.turns}
+        held = {c.name for c in self.session.chats}
         back = []
         for chat in saved:
             if chat.name in held or not (chat.turns or chat.system):
-                continue  # what this kernel already holds (after %reload_ext) is newer than the file
+                continue  # a chat this kernel already has (after %reload_ext) is newer than the file, even an empty one
             put(self.session.chats, chat)
             back.append(chat)
         return back

@@ -89,3 +89,13 @@ def wait_idle(generator: Any, timeout: float = 2.0) -> bool:
             return True
         time.sleep(0.002)
     return False
+
+
+def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
+    """True once predicate() is true, within `timeout` seconds."""
+    deadline = time.perf_counter() + timeout
+    while not predicate():
+        if time.perf_counter() > deadline:
+            return False
+        time.sleep(0.005)
+    return True

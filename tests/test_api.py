@@ -49,14 +49,14 @@ def test_reset_and_errors(llama):
 
 
 def test_generation_config_gives_defaults_and_explicit_options_win(llama):
-    from ct2_magics.settings import resolve_sampling
+    from ct2_magics.options import resolve
 
     llama.load("demo")
-    s = resolve_sampling({}, llama.settings, llama.engine.defaults)
+    s = resolve({}, llama.settings, llama.engine.defaults)
     assert (s.temperature, s.top_p) == (0.6, 0.9)  # the demo's generation_config.json
     llama.settings.temperature = 0.2
-    assert resolve_sampling({}, llama.settings, llama.engine.defaults).temperature == 0.2
-    assert resolve_sampling({"temperature": 0}, llama.settings, llama.engine.defaults).temperature == 0
+    assert resolve({}, llama.settings, llama.engine.defaults).temperature == 0.2
+    assert resolve({"temperature": 0}, llama.settings, llama.engine.defaults).temperature == 0
     llama.settings.temperature = None
 
 

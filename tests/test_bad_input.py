@@ -89,13 +89,14 @@ def test_bad_input(shell, llama, capsys, broken, case):
     assert run(shell, "%%llama -n 3\nstill works").success
 
 
-def test_model_without_a_chat_template(shell, llama, capsys, broken):
-    shell.run_line_magic("llama", f"load {broken['no_template']}")
+def test_model_without_a_chat_template_is_refused_at_load(shell, llama, capsys, broken):
+    shell.run_line_magic("llama", "load demo")
+    generator = llama.generator
     capsys.readouterr()
-    result = run(shell, "%%llama -n 3\nhi")
+    result = run(shell, f"%llama load {broken['no_template']}")
     err = capsys.readouterr().err
     assert isinstance(result.error_in_exec, UsageError) and "no chat template" in err and err.count("\n") == 1
-    assert llama.generator.model_is_loaded and llama.history() == []
+    assert llama.generator is generator and generator.model_is_loaded and llama.engine.name == "demo"
 
 
 def test_default_model_unreachable_before_any_load(shell, llama, capsys):

@@ -343,7 +343,7 @@ def test_loading_a_stock_conversion_says_how_to_fix_it(models: dict[str, Path], 
 
     plain = tmp_path / "plain"
     shutil.copytree(models["plain"], plain)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         shutil.copy(models["ours"] / name, plain / name)
     lines: list[str] = []
     session = Session()

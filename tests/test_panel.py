@@ -8,7 +8,7 @@ import time
 import pytest
 
 from ct2_magics.render import with_mark
-from helpers import html_text, reference_greedy, run
+from helpers import html_text, reference_greedy, run, wait_for
 
 SCRIPT = "Hello from the panel. This reply streams in small pieces, one token at a time, and then it ends."
 TOKENS = re.compile(r"(\d+) tokens · ([\d.]+) tokens/s")
@@ -40,15 +40,6 @@ def shown(p) -> list[tuple[str, str]]:
         assert output["output_type"] == "display_data" and "text/markdown" not in output["data"]
         out.append((role, html_text(output["data"]["text/html"])))
     return out
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.perf_counter() + timeout
-    while not predicate():
-        if time.perf_counter() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def idle(generator) -> bool:
@@ -193,7 +184,7 @@ def test_a_busy_model_shows_waiting_then_answers(llama, panel, long_model):
     first, second = panel(), panel("other")
     first.max_tokens.value, second.max_tokens.value = "3000", "5"
     first.send("Write forever.")
-    assert wait_for(lambda: llama.engine.lock.locked() and len(shown(first)[-1][1]) > 5)
+    assert wait_for(lambda: llama.busy and len(shown(first)[-1][1]) > 5)
     second.send("My turn?")
     assert wait_for(lambda: second.status.value == "waiting for the model…")
     assert shown(second)[-1] == ("assistant", "waiting for the model…")
@@ -229,9 +220,9 @@ def test_errors_show_one_line_and_keep_the_history(shell, llama, panel, monkeypa
     p.send()
     assert p.wait(30) and "ct2-error" not in p.status._dom_classes and len(llama.chat().turns) == 1
     p.temperature.value = "warm"
-    p.send("bad setting")
-    assert p.wait(30) and p.status.value == "temperature must be a number; got 'warm'."
-    assert p.retry() and p.wait(30)  # a failed retry puts the exchange back
+    assert not p.send("bad setting")  # refused at once, as %%llama -t warm and llama.ask(temperature="warm") are
+    assert p.status.value == "temperature must be a number >= 0 (0 means greedy); got 'warm'."
+    assert not p.retry() and p.wait(30)  # a refused retry puts the exchange back
     assert [t.user for t in llama.chat().turns] == ["hello?"] and len(shown(p)) == 2
     p.temperature.value = ""
 
@@ -255,7 +246,7 @@ def test_unloading_while_the_panel_streams_stops_it_first(shell, llama, long_mod
     panel.max_tokens.value = "3000"
     panel.send("write forever")
     deadline = time.perf_counter() + 10
-    while not llama.active and time.perf_counter() < deadline:
+    while not llama.busy and time.perf_counter() < deadline:
         time.sleep(0.01)
     started = time.perf_counter()
     llama.unload()

@@ -8,13 +8,15 @@ import time
 import signal
 import threading
 
+import pytest
 
 from helpers import wait_idle, run
 
 SCRIPT = "Alpha beta gamma delta."
 
 
-def test_interrupts_at_fifty_random_points(shell, llama, long_model):
+@pytest.mark.slow
+def test_interrupts_at_fifty_random_points(shell, llama, long_model, sigint):
     shell.run_line_magic("llama", f"load {long_model}")
     rng = random.Random(1234)
     interrupted = 0
@@ -40,7 +42,7 @@ def test_interrupts_at_fifty_random_points(shell, llama, long_model):
                 assert turns[-1].status == "interrupted" and turns[-1].user == "keep talking"
         else:
             assert result.success and turns[-1].status == "complete"
-        assert not llama.engine.lock.locked()
+        assert not llama.busy
         if i % 10 == 9:
             llama.reset()
     assert interrupted >= 40
@@ -61,13 +63,17 @@ def test_requests_from_many_threads_take_turns(shell, llama, script_model):
     threads = [threading.Thread(target=ask, args=(f"t{i}",)) for i in range(4)]
     panel = llama.panel("from-panel")
     panel.temperature.value = "0"
-    with llama.engine.lock:  # hold the model so that everyone has to queue
-        for t in threads:
-            t.start()
-        panel.send("go")  # the panel's worker thread, at the same time
-        deadline = time.perf_counter() + 10
-        while not waited and time.perf_counter() < deadline:
-            time.sleep(0.01)
+    holder = llama.stream("hold the model", chat="holder", temperature=0)
+    reader = iter(holder)
+    first = next(reader)  # a reply that holds the model (read on this thread) until it is read on
+    for t in threads:
+        t.start()
+    panel.send("go")  # the panel's worker thread, at the same time
+    deadline = time.perf_counter() + 10
+    while not waited and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert first and not results  # everyone is queued behind it
+    assert holder.consume() == SCRIPT  # reading it again goes on from where the reader was
     assert run(shell, "%%llama -t 0\ngo").success  # the magic on the main thread, at the same time
     for t in threads:
         t.join(timeout=30)
@@ -87,14 +93,15 @@ def test_the_oldest_turns_are_left_out_to_fit_the_context(shell, llama, capsys):
     for i in range(6):
         assert run(shell, f"%%llama -n 20\nquestion {i} " + "padding " * 8).success
     response = llama.stream("final question", max_tokens=20)
+    response.consume()
     assert response.notices and "oldest exchange" in response.notices[0]
     assert len(response.prompt_ids) <= 200 - 20
     text = llama.tokenizer.decode(response.prompt_ids)
     assert "Be brief." in text and "final question" in text and "question 0" not in text
-    response.consume()
     assert len(llama.chat().turns) == 7  # nothing was deleted from the history
 
 
+@pytest.mark.slow
 def test_soak_many_short_turns_keeps_memory_bounded(llama):
     import resource
 
@@ -116,6 +123,7 @@ def test_soak_many_short_turns_keeps_memory_bounded(llama):
     assert grown < 50
 
 
+@pytest.mark.slow
 def test_loading_and_unloading_twenty_times_leaks_nothing_measurable(llama, long_model):
     def rss_mb() -> float:
         import resource
