@@ -136,6 +136,9 @@ class Engine:
         make_room()
         if threads == 0 and self.device == "cpu" and (self.model_dir / "model.bin").stat().st_size < SMALL_MODEL_BYTES:
             threads = 1  # a tiny model's steps are too small to split: 1 thread decoded 7x faster (BENCHMARKS.md)
+        if self.device == "cpu":
+            threads, notice = openmp_safe_threads(threads)
+            self.notices += [notice] if notice else []
         try:
             self.generator = ctranslate2.Generator(
                 str(self.model_dir), device=self.device, compute_type=chosen, intra_threads=threads
@@ -289,6 +292,32 @@ class Engine:
         if generator is not None:
             generator.unload_model()
         del generator
+
+
+def openmp_safe_threads(threads: int, environ: Any = None) -> tuple[int, str | None]:
+    """CPU threads CTranslate2 can count on getting, and a notice when the environment forces fewer.
+
+    CTranslate2 splits its work for the threads it asked OpenMP for. When OpenMP hands out fewer, its
+    results are wrong (logits off by 10, or NaN, seen here): that happens with OMP_DYNAMIC on, which
+    sizes teams by the load average (so only on a busy machine), and with an OMP_THREAD_LIMIT below
+    the request. A team of the size OpenMP will really give is always right.
+    """
+    import os
+
+    env = os.environ if environ is None else environ
+
+    def number(name: str) -> int:
+        text = env.get(name, "").split(",")[0].strip()
+        return int(text) if text.isdigit() else 0
+
+    wanted = threads or number("OMP_NUM_THREADS") or min(4, os.cpu_count() or 1)  # CTranslate2's own default
+    if env.get("OMP_DYNAMIC", "").strip().lower() in ("1", "true", "yes", "on") and wanted > 1:
+        return 1, ("OMP_DYNAMIC is on, and with it OpenMP gives CTranslate2 fewer threads than it asks for on a busy "
+                   "machine, which makes its results wrong: using 1 thread (unset OMP_DYNAMIC to use more).")
+    limit = number("OMP_THREAD_LIMIT")
+    if 0 < limit < wanted:
+        return limit, f"OMP_THREAD_LIMIT is {limit}: using {limit} thread{'s' if limit > 1 else ''}, not {wanted}."
+    return threads, None
 
 
 def load_tokenizer(model_dir: Path) -> Any:
