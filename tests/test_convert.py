@@ -98,7 +98,7 @@ def ct2_logits(model_dir: Path, ids: list[int]) -> np.ndarray:
 
     One thread, because CTranslate2 splits its work for the threads it asks for and is wrong when OpenMP
     gives it fewer: with OMP_DYNAMIC on, OpenMP sizes teams by the load average, so on a busy machine a
-    2-thread request got 1 and the logits were off by 10 or NaN (engine.openmp_safe_threads). A team of
+    2-thread request got 1 and the logits were off by 10 or NaN (device.openmp_safe_threads). A team of
     one is never cut; with it the result is the same under any load.
     """
     import ctranslate2
