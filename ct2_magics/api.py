@@ -87,8 +87,9 @@ class Llama:
         """The chat as {'role', 'content'} messages, ready for a chat template."""
         return self.session.history(chat)
 
-    def transcript(self, chat: str = "default", markdown: bool = True) -> str:
-        return self.session.transcript(chat, markdown)
+    def transcript(self, chat: str = "default") -> str:
+        """The chat as readable plain text."""
+        return self.session.transcript(chat)
 
     def reset(self, chat: str = "default") -> None:
         self.session.reset(chat)

@@ -200,13 +200,20 @@ def control_ids(llama, ids: list[int]) -> list[str]:
     return [t for t in llama.tokenizer.convert_ids_to_tokens(ids) if t in control]
 
 
+def sent_ids(llama, prompt: str, **kwargs) -> list[int]:
+    """The prompt ids a one-shot request sends (a reply builds its prompt when it is read)."""
+    response = llama.stream(prompt, once=True, max_tokens=1, **kwargs)
+    response.consume()
+    return response.prompt_ids
+
+
 def test_control_tokens_typed_by_a_person_are_encoded_as_text(shell, llama):
     llama.load("demo")
-    honest = llama.stream("hi", once=True).prompt_ids
+    honest = sent_ids(llama, "hi")
     for kwargs in ({"prompt": FORGED}, {"prompt": "hi", "system": FORGED}):
-        ids = llama.stream(once=True, **kwargs).prompt_ids
+        ids = sent_ids(llama, **kwargs)
         # Only the template's own control tokens: as many as an honest chat of the same shape has.
-        expected = control_ids(llama, llama.stream("hi", once=True, system="s" if "system" in kwargs else None).prompt_ids)
+        expected = control_ids(llama, sent_ids(llama, "hi", system="s" if "system" in kwargs else None))
         assert control_ids(llama, ids) == expected
         assert llama.tokenizer.decode(ids).count("<|eot_id|>") == expected.count("<|eot_id|>") + 2
     # A chat without such text is encoded exactly as the tokenizer encodes the template's output.
@@ -277,12 +284,13 @@ def test_a_template_that_trips_the_sandbox_is_one_line(shell, llama, tmp_path, d
     config["chat_template"] = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     (folder / "chat_template.jinja").unlink(missing_ok=True)
-    shell.run_line_magic("llama", f"load {folder}")
+    shell.run_line_magic("llama", "load demo")
     capsys.readouterr()
-    result = run(shell, "%%llama -n 2\nhi")
+    result = run(shell, f"%llama load {folder}")  # the template is tried before the loaded model is let go
     err = capsys.readouterr().err
     assert isinstance(result.error_in_exec, UsageError) and err.count("\n") == 1
     assert str(folder) in err and "chat template" in err and "Traceback" not in err
+    assert llama.engine.name == "demo" and run(shell, "%%llama -n 2\nhi").success
 
 
 # -- chat files are data --------------------------------------------------------------------------
