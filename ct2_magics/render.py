@@ -140,8 +140,8 @@ def show(response: Any, shell: Any, *, mode: str = "auto", rate: float = 15.0, p
     def start() -> None:  # the display appears only once there is something to show: an error before that is one line
         nonlocal started
         if not started:
-            started = True
             view.start()
+            started = True  # only once it is there: a Ctrl-C can land inside start() too
 
     def begin() -> None:
         if not quiet:
@@ -167,6 +167,8 @@ def show(response: Any, shell: Any, *, mode: str = "auto", rate: float = 15.0, p
             if interrupted:
                 response.interrupt()
             getattr(reader, "close", lambda: None)()
+            if not started and response.turn is not None:  # the interrupt came before the display was up
+                start()
             if started:
                 view.finish(response.text, response.status, response.metadata())
 

@@ -24,9 +24,9 @@ def test_interrupts_at_fifty_random_points(shell, llama, long_model, sigint):
         turns_before = list(llama.chat().turns)
         delay = rng.uniform(0.0, 0.25)
         timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
-        timer.start()
         result = None
         try:
+            timer.start()  # inside the try: with a delay near 0 the signal can come before start() returns
             result = run(shell, "%%llama -n 400\nkeep talking")
             timer.join()
             time.sleep(0.05)  # a SIGINT sent just as the cell ended is handled here, inside the try
