@@ -18,11 +18,12 @@ def _quantization(text: str) -> str | None:
 
 def add_convert_arguments(parser: Any) -> None:
     """The arguments of `ct2-magics convert` and `%llama convert`, declared once for both."""
-    parser.add_argument("source", help="local transformers model directory or Hugging Face repo id")
+    parser.add_argument("source", help="a .gguf file, a model folder, or a Hugging Face repo id")
     parser.add_argument("output", help="directory to write the converted model to")
     parser.add_argument("--quantization", type=_quantization, default="int8_float16",
                         help=f"weight type: {QUANTIZATIONS} to keep the checkpoint's dtype")
     parser.add_argument("--revision", default=None, help="branch, tag or commit of a Hub repo")
+    parser.add_argument("--file", default=None, help="which GGUF of a repo or folder: a file name or a quantization (Q4_K_M)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
 
 
@@ -30,8 +31,8 @@ def run_convert(args: argparse.Namespace, progress: Callable[[str], None] = prin
     """Convert what the parsed `args` say."""
     from ct2_magics.convert import convert
 
-    convert(args.source, args.output, quantization=args.quantization, revision=args.revision, force=args.force,
-            progress=progress)
+    convert(args.source, args.output, quantization=args.quantization, revision=args.revision, file=args.file,
+            force=args.force, progress=progress)
     return 0
 
 
@@ -39,10 +40,11 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
     """Declare the `convert` subcommand."""
     parser = subparsers.add_parser(
         "convert",
-        help="convert a transformers model (local dir or Hub repo id) to CTranslate2",
+        help="convert a GGUF file or a transformers model (local or a Hub repo id) to CTranslate2",
         description=(
-            "Convert a Hugging Face transformers model to a CTranslate2 model directory, "
-            "keeping Llama 3.1/3.2 RoPE scaling and copying the tokenizer and chat template."
+            "Convert a GGUF file or a Hugging Face transformers model to a CTranslate2 model directory, "
+            "keeping Llama 3.1/3.2 RoPE scaling and writing the tokenizer and chat template beside it. "
+            "GGUF files and Llama/Qwen2 safetensors models need no torch."
         ),
     )
     add_convert_arguments(parser)

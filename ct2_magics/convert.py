@@ -1,4 +1,4 @@
-"""Convert a transformers checkpoint to CTranslate2, keeping Llama 3.1/3.2 RoPE scaling."""
+"""`%llama convert` / `ct2-magics convert`: a GGUF, safetensors or transformers model to a CTranslate2 folder."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ct2_magics.errors import LlamaError
-from ct2_magics.hub import is_repo_id
+from ct2_magics.errors import LlamaError, first_line
+from ct2_magics.hub import SAFETENSORS_FILES, SAFETENSORS_IGNORE, is_repo_id
 from ct2_magics.modelfile import check_llama3_rope, read_rope_attributes
+from ct2_magics.rope import Llama3Rope, apply_llama3_rope, llama3_rope_from_config
 
 if TYPE_CHECKING:
     from ctranslate2.specs.model_spec import ModelSpec
@@ -28,39 +29,15 @@ __all__ = [
     "valid_quantizations",
 ]
 
-# What a Hub download may fetch: safetensors weights, JSON configs, tokenizer files and
-# templates. Never pickled checkpoints (*.bin, *.pt, *.pth, *.pkl) and never *.py code.
-DOWNLOAD_PATTERNS: list[str] = [
-    "*.safetensors",
-    "*.json",
-    "*.model",
-    "*.jinja",
-    "merges.txt",
-]
-# Meta's raw checkpoint folder duplicates the weights in another format.
-DOWNLOAD_IGNORE: list[str] = ["original/*"]
-
-# Files copied beside model.bin so AutoTokenizer and chat templates work from the output.
-SIDE_FILES: tuple[str, ...] = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-    "generation_config.json",
-)
-# CTranslate2 writes these itself; a same-named source file must never replace them.
-CT2_FILES: frozenset[str] = frozenset({"model.bin", "config.json", "vocabulary.json", "vocabulary.txt"})
+# What a Hub download may fetch (hub.py owns the lists; these names are kept for existing callers).
+DOWNLOAD_PATTERNS: list[str] = SAFETENSORS_FILES
+DOWNLOAD_IGNORE: list[str] = SAFETENSORS_IGNORE
 
 TORCH_HINT = (
-    'converting needs torch, which is not installed: run `pip install torch` '
+    'converting this model needs torch, which is not installed: run `pip install torch` '
     '(the CPU build is enough) or `pip install "ct2-magics[convert]"`'
 )
-
+DEFAULT_QUANTIZATION = "int8_float16"
 
 
 @dataclass(frozen=True)
@@ -81,17 +58,6 @@ class ConvertSummary:
         return f"{self.output} ({_human_size(self.size_bytes)}, {self.model_type}, {quant}{rope})"
 
 
-@dataclass(frozen=True)
-class Llama3Rope:
-    """The llama3 `rope_scaling` parameters of a transformers config."""
-
-    factor: float
-    low_freq_factor: float
-    high_freq_factor: float
-    original_max_position_embeddings: int
-    rope_theta: float
-
-
 def valid_quantizations() -> tuple[str, ...]:
     """The weight types CTranslate2 accepts for `quantization`."""
     from ctranslate2.specs.model_spec import ACCEPTED_MODEL_TYPES
@@ -103,31 +69,79 @@ def convert(
     source: str,
     output: str | Path,
     *,
-    quantization: str | None = "int8_float16",
+    quantization: str | None = DEFAULT_QUANTIZATION,
     revision: str | None = None,
+    file: str | None = None,
     force: bool = False,
     progress: Callable[[str], None] = print,
 ) -> ConvertSummary:
-    """Convert a local transformers model dir or Hub repo id into a CTranslate2 model dir."""
+    """Convert a GGUF file, a local model dir or a Hub repo id into a CTranslate2 model dir.
+
+    GGUF files and Llama/Qwen2 safetensors checkpoints are converted with numpy (no torch); other
+    transformers architectures go through CTranslate2's own converter, which needs torch.
+    """
     if quantization is not None and quantization not in valid_quantizations():
         raise LlamaError(
             f"unknown quantization {quantization!r}; choose one of: {', '.join(valid_quantizations())}"
         )
     out = Path(output).expanduser()
-    local = _local_source(source)
+    local = _local_source(source, file)
     if local is not None and revision:
         raise LlamaError(f"--revision applies to a Hugging Face repo id, not to the local directory {source}")
     _check_output(out, local, force)
-    _require_torch()
 
     if local is None:
-        progress(f"Downloading {source}{f' @ {revision}' if revision else ''} (safetensors, configs, tokenizer) ...")
-        model_dir = _download(source, revision)
+        progress(f"Downloading {source}{f' @ {revision}' if revision else ''} ({'one GGUF file' if file else 'safetensors, configs, tokenizer'}) ...")
+        local = _download(source, revision, file)
     else:
         progress(f"Reading {local} ...")
-        model_dir = local
-    _check_output(out, model_dir, force)
+    _check_output(out, local, force)
+    if local.is_file() or _numpy_convertible(local):
+        return _convert_without_torch(source, local, out, quantization, progress)
+    return _convert_with_torch(source, local, out, quantization, progress)
 
+
+def _numpy_convertible(model_dir: Path) -> bool:
+    from .safetensors_model import is_supported
+
+    return is_supported(model_dir) and any(model_dir.glob("*.safetensors"))
+
+
+def _convert_without_torch(source: str, local: Path, out: Path, quantization: str | None,
+                           progress: Callable[[str], None]) -> ConvertSummary:
+    """A GGUF file or Llama/Qwen2 safetensors folder, read with numpy and written with CTranslate2's spec."""
+    from .model_cache import convert_into
+
+    if local.is_file():
+        from .gguf_model import GGUFModel
+
+        model: Any = GGUFModel(local)
+        storage = quantization or "float32"
+    else:
+        from .safetensors_model import SafetensorsModel
+
+        model = SafetensorsModel(local)
+        storage = quantization or _checkpoint_dtype(model.config)
+    rope = model.shape.rope
+    extra = " with Llama 3 RoPE scaling" if rope else ""
+    progress(f"Converting {model.arch} to CTranslate2 ({storage}){extra}, layer by layer, without torch ...")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        built = staging / "model"
+        built.mkdir()
+        convert_into(model, built, storage, label=local.name)
+        progress(f"Writing {out} ...")
+        _replace(built, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return _summary(out, storage, rope is not None, model.arch, source, progress)
+
+
+def _convert_with_torch(source: str, model_dir: Path, out: Path, quantization: str | None,
+                        progress: Callable[[str], None]) -> ConvertSummary:
+    """Any architecture CTranslate2's TransformersConverter knows, through torch."""
+    _require_torch()
     config = _load_config(model_dir)
     model_type = str(getattr(config, "model_type", "") or "unknown")
     _check_supported(config, model_type)
@@ -145,74 +159,37 @@ def convert(
         try:
             converter.convert(str(built), quantization=quantization)
         except (ValueError, NotImplementedError) as exc:
-            raise LlamaError(f"CTranslate2 could not convert {source}: {_first_line(exc)}") from None
+            raise LlamaError(f"CTranslate2 could not convert {source}: {first_line(exc)}") from None
         if rope is not None and not converter.llama3_applied:
             raise LlamaError(f"{source} asks for llama3 RoPE scaling but its converted spec has no decoder layers to carry it")
         progress(f"Writing {out} ...")
-        _copy_side_files(model_dir, built)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(built, out)
+        from .safetensors_model import copy_side_files
+
+        copy_side_files(model_dir, built)
+        _replace(built, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return _summary(out, quantization, rope is not None, model_type, source, progress)
 
-    summary = ConvertSummary(
-        output=out,
-        size_bytes=_dir_size(out),
-        quantization=quantization,
-        llama3_rope=rope is not None,
-        model_type=model_type,
-        source=source,
-    )
+
+def _replace(built: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(built, out)
+
+
+def _summary(out: Path, quantization: str | None, rope: bool, model_type: str, source: str,
+             progress: Callable[[str], None]) -> ConvertSummary:
+    summary = ConvertSummary(output=out, size_bytes=_dir_size(out), quantization=quantization, llama3_rope=rope,
+                             model_type=model_type, source=source)
     progress(f"Converted: {summary.describe()}")
     return summary
 
 
-def llama3_rope_from_config(config: Any) -> Llama3Rope | None:
-    """The llama3 RoPE parameters of a transformers config, or None for other RoPE types."""
-    # transformers 5 names the dict rope_parameters; 4.x keeps rope_scaling plus top-level rope_theta.
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
-    if not isinstance(rope, dict):
-        return None
-    if (rope.get("rope_type") or rope.get("type")) != "llama3":
-        return None
-    try:
-        return Llama3Rope(
-            factor=float(rope["factor"]),
-            low_freq_factor=float(rope["low_freq_factor"]),
-            high_freq_factor=float(rope["high_freq_factor"]),
-            original_max_position_embeddings=int(rope["original_max_position_embeddings"]),
-            rope_theta=float(rope.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise LlamaError(f"config.json has llama3 rope_scaling without a usable {exc} entry") from None
-
-
-def apply_llama3_rope(spec: ModelSpec, rope: Llama3Rope) -> bool:
-    """Write llama3 RoPE scaling into every decoder self-attention of a spec; False if none."""
-    import numpy as np
-    from ctranslate2.specs.attention_spec import RotaryScalingType
-
-    layers = getattr(getattr(spec, "decoder", None), "layer", None) or []
-    values = {
-        "rotary_scaling_type": np.int8(RotaryScalingType.Llama3),
-        "rotary_scaling_factor": np.float32(rope.factor),
-        "rotary_low_freq_factor": np.float32(rope.low_freq_factor),
-        "rotary_high_freq_factor": np.float32(rope.high_freq_factor),
-        "original_max_position_embeddings": np.int32(rope.original_max_position_embeddings),
-        # The stock loader reads rope_theta from rope_scaling only, which transformers 4.x leaves out.
-        "rotary_base": np.float32(rope.rope_theta),
-    }
-    patched = 0
-    for layer in layers:
-        attention = getattr(layer, "self_attention", None)
-        if attention is None:
-            continue
-        for name, value in values.items():
-            # Specs refuse new attributes after __init__; these are ones the C++ side reads.
-            object.__setattr__(attention, name, value)
-        patched += 1
-    return patched > 0
+def _checkpoint_dtype(config: dict[str, Any]) -> str:
+    """The weight type a transformers config names (torch_dtype / dtype), as a CTranslate2 storage type."""
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
+    return dtype if dtype in ("float16", "bfloat16", "float32") else "float32"
 
 
 def _converter_class() -> type:
@@ -236,12 +213,21 @@ def _converter_class() -> type:
     return _Llama3AwareConverter
 
 
-def _local_source(source: str) -> Path | None:
-    """The local model directory `source` names, None for a Hub repo id; LlamaError if neither."""
+def _local_source(source: str, file: str | None = None) -> Path | None:
+    """The local GGUF file or model directory `source` names, None for a Hub repo id; LlamaError if neither."""
     path = Path(source).expanduser()
     if path.exists():
-        if not path.is_dir():
-            raise LlamaError(f"{source} is a file; give a transformers model directory or a Hugging Face repo id")
+        if path.is_file():
+            from .gguf_model import check_magic
+
+            check_magic(path)
+            return path.resolve()
+        if file or (any(path.glob("*.gguf")) and not (path / "config.json").is_file()):
+            from .sources import GGUF, local
+
+            found = local(path, file)
+            if found.kind == GGUF:
+                return found.path.resolve()
         if not (path / "config.json").is_file():
             raise LlamaError(f"{source} is not a transformers model directory (no config.json in it)")
         return path.resolve()
@@ -270,13 +256,15 @@ def _require_torch() -> None:
         raise LlamaError(TORCH_HINT) from None
 
 
-def _download(repo: str, revision: str | None) -> Path:
-    """Fetch the safetensors, configs and tokenizer of a Hub repo; return the snapshot dir."""
-    from .hub import download
+def _download(repo: str, revision: str | None, file: str | None = None) -> Path:
+    """Fetch one GGUF file (with --file), or the safetensors, configs and tokenizer of a Hub repo."""
+    from .hub import download, fetch
 
+    if file:
+        return fetch(repo, revision=revision, file=file).path
     model_dir = download(repo, revision=revision, patterns=DOWNLOAD_PATTERNS, ignore=DOWNLOAD_IGNORE)
     if not (model_dir / "config.json").is_file():
-        raise LlamaError(f"{repo} has no config.json; it is not a transformers model repo")
+        raise LlamaError(f"{repo} has no config.json; it is not a transformers model repo (for a GGUF repo, add --file)")
     if not any(model_dir.glob("*.safetensors")):
         raise LlamaError(f"{repo} has no .safetensors weights; ct2-magics does not download pickled (.bin) checkpoints")
     return model_dir
@@ -294,7 +282,7 @@ def _load_config(model_dir: Path) -> Any:
     try:
         return transformers.AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
     except Exception as exc:  # unknown model_type, custom code, malformed JSON all surface differently
-        raise LlamaError(f"{model_dir} is not a model transformers can read: {_first_line(exc)}") from None
+        raise LlamaError(f"{model_dir} is not a model transformers can read: {first_line(exc)}") from None
 
 
 def _check_supported(config: Any, model_type: str) -> None:
@@ -307,41 +295,12 @@ def _check_supported(config: Any, model_type: str) -> None:
         raise LlamaError(f"CTranslate2 cannot convert {model_type} models ({type(config).__name__})")
 
 
-def _copy_side_files(model_dir: Path, dest: Path) -> list[str]:
-    """Copy tokenizer, chat template and generation config files beside model.bin."""
-    names = list(SIDE_FILES) + sorted(p.name for p in model_dir.glob("*.model"))
-    copied: list[str] = []
-    for name in dict.fromkeys(names):
-        src = model_dir / name
-        if name in CT2_FILES or not src.is_file() or (dest / name).exists():
-            continue
-        shutil.copyfile(src, dest / name)
-        copied.append(name)
-    return copied
-
-
 def _dir_size(path: Path) -> int:
     """Total bytes of the files under `path`."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _human_size(size: int) -> str:
-    """Bytes as a short human string."""
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GB"
+    from .model_cache import human_size
 
-
-def _first_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception message."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
-
-
-# ---------------------------------------------------------------------------
-# Cheap check of an already converted model
+    return human_size(size)

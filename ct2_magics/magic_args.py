@@ -29,8 +29,11 @@ HELP = "\n".join([
     "                         explain the last error (its cell and traceback) for a learner; recorded in a fresh",
     "                         chat named explain (ask follow-ups with %%llama --chat explain); --chat NAME adds",
     "                         it to that chat instead",
-    "%llama load MODEL [--device auto|cpu|cuda] [--compute-type T] [--revision R]",
-    "                         MODEL: a converted model's directory, a Hub repo id, or demo",
+    "%llama load MODEL [--device auto|cpu|cuda] [--compute-type T] [--revision R] [--file F] [--quantization Q]",
+    "                         MODEL: smollm2, a .gguf file, a model folder (CTranslate2 or safetensors), or a",
+    "                         Hub repo id; GGUF and safetensors models are converted once into the cache",
+    "                         (int8 unless --quantization/--compute-type say float16 or float32); --file picks",
+    "                         a repo's GGUF by name or quantization (Q4_K_M)",
     "%llama unload            free the model (stops any reply first)",
     "%llama status            model, device, compute type, chats",
     "%llama history [--chat NAME]   %llama reset [--chat NAME]   %llama undo [--chat NAME]",
@@ -39,7 +42,7 @@ HELP = "\n".join([
     "%llama chat [--chat NAME]  open the chat panel",
     "%llama save FILE [--chat NAME]     write the chats (or one) to JSON; a notebook's chats also save as they change",
     "%llama restore FILE [--chat NAME]  read chats back from FILE, replacing those of the same name",
-    "%llama convert SOURCE OUTPUT [--quantization Q|none] [--revision R] [--force]",
+    "%llama convert SOURCE OUTPUT [--quantization Q|none] [--revision R] [--file F] [--force]",
     "%llama help              this text",
     "Defaults: %config LlamaSettings (e.g. %config LlamaSettings.max_tokens = 256)",
 ])
@@ -74,6 +77,8 @@ def line_parsers() -> dict[str, MagicArgumentParser]:
     load.add_argument("--device")
     load.add_argument("--compute-type")
     load.add_argument("--revision")
+    load.add_argument("--file")
+    load.add_argument("--quantization")
     for name in ("history", "reset", "undo", "chat"):
         parsers[name] = _parser(f"%llama {name}")
         parsers[name].add_argument("--chat", default="default")

@@ -148,7 +148,8 @@ class LlamaMagics(Magics):
         print(HELP)
 
     def _cmd_load(self, args: Any) -> None:
-        engine = self.session.load(args.model, device=args.device, compute_type=args.compute_type, revision=args.revision)
+        engine = self.session.load(args.model, device=args.device, compute_type=args.compute_type, revision=args.revision,
+                                   file=args.file, quantization=args.quantization)
         self._say(f"Loaded {engine.name} on {engine.device} ({engine.compute_type}).")
 
     def _cmd_unload(self, args: Any) -> None:

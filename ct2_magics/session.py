@@ -45,8 +45,8 @@ class Session:
         return self.owner.busy
 
     def load(self, model: str | None = None, *, device: str | None = None, compute_type: str | None = None,
-             revision: str | None = None) -> Engine:
-        """Load a model (a directory, a Hub repo id, or 'demo'); a no-op if it is already loaded.
+             revision: str | None = None, file: str | None = None, quantization: str | None = None) -> Engine:
+        """Load a model (smollm2, a .gguf file, a folder, a Hub repo id, or 'demo'); a no-op if it is already loaded.
 
         The new model is checked in full before the loaded one is freed; if it fails, the loaded one stays.
         """
@@ -55,22 +55,24 @@ class Session:
 
         if model is not None and not isinstance(model, str) and hasattr(model, "__fspath__"):
             model = str(model)
-        model = _text_or_none(model, "The model (a directory, a Hub repo id, or demo)") or self.settings.model
+        model = _text_or_none(model, "The model (smollm2, a .gguf file, a folder, a Hub repo id)") or self.settings.model
         device = _text_or_none(device, "device") or self.settings.device
         compute_type = _text_or_none(compute_type, "compute_type") or self.settings.compute_type
-        revision = _text_or_none(revision, "revision")
+        source = tuple(_text_or_none(v, what) for v, what in ((revision, "revision"), (file, "file"),
+                                                              (quantization, "quantization")))
         with self._load_lock:
             old = self.engine
-            if old is not None and (old.name, old.requested, old.revision) == (model, (device, compute_type), revision):
+            if old is not None and (old.name, old.requested, old.source) == (model, (device, compute_type), source):
                 return old
-            path = hub.resolve(model, revision=revision)
+            path = hub.resolve(model, revision=source[0], file=source[1], quantization=source[2],
+                               compute_type=compute_type, notify=(lambda line: None) if self.settings.quiet else self.notify)
 
             def build(make_room: Callable[[], None]) -> Engine:
                 return Engine(path, name=model, device=device, compute_type=compute_type,
                               threads=self.settings.threads, make_room=make_room)
 
             engine = self.owner.replace(build)
-            engine.revision = revision
+            engine.source = source
         notices = list(engine.notices) + ([DEMO_NOTICE] if model == "demo" else [])
         for line in notices if not self.settings.quiet else ():
             self.notify(line)
@@ -86,9 +88,13 @@ class Session:
             return self.owner.unload()
 
     def ensure_engine(self) -> Engine:
-        """The loaded model, loading the default one (LlamaSettings.model) if none is."""
+        """The loaded model, loading the default one (LlamaSettings.model, or smollm2 when that cannot be had) if none is."""
         engine = self.engine
-        return engine if engine is not None else self.load()
+        if engine is not None:
+            return engine
+        from .defaults import load_default
+
+        return load_default(self)
 
     @property
     def generator(self) -> Any:

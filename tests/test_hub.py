@@ -1,78 +1,170 @@
-"""Loading by Hub repo id, with the Hub's network faked at its one boundary: snapshot_download."""
+"""Loading by Hub repo id, with the Hub faked at its boundary (list_repo_files, hf_hub_download, snapshot_download).
+
+Converted CTranslate2 repos, GGUF repos (one file, by name or quantization) and safetensors repos; what is
+requested, what is not, and what happens offline.
+"""
 
 from __future__ import annotations
 
-import fnmatch
 import shutil
 
-import huggingface_hub
 import pytest
-from huggingface_hub import errors as hf_errors
 from IPython.core.error import UsageError
 
 from helpers import run
+from hubfake import FakeHub
+from tinymodels import Tiny, random_weights, train_tokenizer, write_gguf, write_safetensors
 
 REPO = "someone/tiny-llama-ct2"
 HUB_FILES = ["model.bin", "config.json", "vocabulary.json", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "generation_config.json", "README.md", "modeling_evil.py",
              "pytorch_model.bin.index.json", "optimizer.pt", "chat_template.jinja"]
+GGUF_REPO = "someone/tiny-GGUF"
+ST_REPO = "someone/tiny-safetensors"
 
 
-@pytest.fixture
-def fake_hub(monkeypatch, tmp_path, demo_model):
-    """A Hub that serves the demo model's files (plus files a model never needs) under REPO."""
-    remote = tmp_path / "remote"
-    remote.mkdir()
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory, demo_model):
+    """Repos on the fake Hub: a converted model with files it never needs, a GGUF repo, a safetensors repo."""
+    root = tmp_path_factory.mktemp("remote")
+    ct2 = root / "ct2"
+    ct2.mkdir()
     for name in HUB_FILES:
         src = demo_model / name
         if src.exists():
-            shutil.copy(src, remote / name)
+            shutil.copy(src, ct2 / name)
         else:
-            (remote / name).write_text("not for us")
-    calls = []
-
-    def snapshot_download(repo_id, revision=None, allow_patterns=None, local_files_only=False, **kw):
-        calls.append({"repo_id": repo_id, "revision": revision, "allow_patterns": allow_patterns,
-                      "local_files_only": local_files_only})
-        if repo_id != REPO:
-            import httpx
-
-            url = f"https://huggingface.co/api/models/{repo_id}"
-            response = httpx.Response(404, request=httpx.Request("GET", url))
-            raise hf_errors.RepositoryNotFoundError(f"{repo_id} not found", response=response)
-        local = tmp_path / "cache" / repo_id.replace("/", "--") / (revision or "main")
-        local.mkdir(parents=True, exist_ok=True)
-        for f in remote.iterdir():
-            if any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
-                shutil.copy(f, local / f.name)
-        return str(local)
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    return calls
+            (ct2 / name).write_text("not for us")
+    tokenizer = train_tokenizer()
+    shape = Tiny()
+    weights = random_weights(shape, tokenizer.get_vocab_size())
+    gguf = root / "gguf"
+    gguf.mkdir()
+    for quant in ("F32", "Q8_0"):
+        write_gguf(gguf / f"tiny-model.{quant}.gguf", shape, weights, tokenizer, qtype=quant)
+    (gguf / "README.md").write_text("# tiny GGUF")
+    st = write_safetensors(root / "st", shape, weights, tokenizer)
+    (st / "pytorch_model.bin").write_bytes(b"a pickle, never to be fetched")
+    (st / "modeling_llama.py").write_text("raise SystemExit('ran repository code')")
+    return {"ct2": ct2, "gguf": gguf, "st": st}
 
 
-def test_load_by_repo_id_downloads_only_model_files(shell, llama, fake_hub):
+@pytest.fixture
+def hub(monkeypatch, tmp_path, remote):
+    fake = FakeHub(tmp_path / "hf-cache")
+    fake.add(REPO, remote["ct2"])
+    fake.add(GGUF_REPO, remote["gguf"])
+    fake.add(ST_REPO, remote["st"])
+    return fake.install(monkeypatch)
+
+
+def test_load_by_repo_id_downloads_only_model_files(shell, llama, hub):
     assert run(shell, f"%llama load {REPO} --revision v1").success
     assert llama.engine.name == REPO and llama.generator.model_is_loaded
-    call = fake_hub[-1]
-    assert call["repo_id"] == REPO and call["revision"] == "v1"
+    assert {c["revision"] for c in hub.calls} == {"v1"}
     fetched = sorted(p.name for p in llama.engine.model_dir.iterdir())
     assert "modeling_evil.py" not in fetched and "optimizer.pt" not in fetched
     assert {"model.bin", "vocabulary.json", "tokenizer.json", "chat_template.jinja"} <= set(fetched)
     assert run(shell, "%%llama -n 3\nhi").success
 
 
-def test_unknown_repo_is_one_line(shell, llama, fake_hub, capsys):
+def test_gguf_repo_by_file_name_downloads_that_file_only(shell, llama, hub):
+    assert run(shell, f"%llama load {GGUF_REPO} --file tiny-model.Q8_0.gguf").success
+    assert hub.transferred == [(GGUF_REPO, "tiny-model.Q8_0.gguf")]
+    assert [c["fn"] for c in hub.calls] == ["hf_hub_download"]
+    assert run(shell, "%%llama -n 3\nhi").success
+
+
+def test_gguf_repo_by_quantization_name(shell, llama, hub):
+    assert run(shell, f"%llama load {GGUF_REPO} --file q8_0").success
+    assert hub.transferred == [(GGUF_REPO, "tiny-model.Q8_0.gguf")]
+    first = llama.engine.model_dir
+    llama.unload()
+    hub.calls.clear()
+    assert run(shell, f"%llama load {GGUF_REPO} --file Q8_0").success  # cached blob: the same conversion
+    assert llama.engine.model_dir == first
+    assert hub.transferred == [(GGUF_REPO, "tiny-model.Q8_0.gguf")]
+
+
+def test_gguf_repo_with_several_files_asks_which(shell, llama, hub, capsys):
+    result = run(shell, f"%llama load {GGUF_REPO}")
+    err = capsys.readouterr().err
+    assert isinstance(result.error_in_exec, UsageError) and err.count("\n") == 1
+    assert "--file" in err and "F32" in err and "Q8_0" in err
+    assert hub.transferred == []
+
+
+def test_gguf_repo_without_that_quantization_lists_what_it_has(shell, llama, hub, capsys):
+    llama.load("demo")
+    result = run(shell, f"%llama load {GGUF_REPO} --file Q4_K_M")
+    err = capsys.readouterr().err
+    assert isinstance(result.error_in_exec, UsageError) and err.count("\n") == 1 and "Q8_0" in err
+    assert llama.engine.name == "demo" and llama.generator.model_is_loaded
+
+
+def test_safetensors_repo_downloads_weights_configs_and_tokenizer_only(shell, llama, hub):
+    assert run(shell, f"%llama load {ST_REPO}").success
+    names = {name for _, name in hub.transferred}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert not names & {"pytorch_model.bin", "modeling_llama.py"}
+    assert run(shell, "%%llama -n 3\nhi").success
+
+
+def test_offline_a_cached_repo_still_loads(shell, llama, hub, monkeypatch):
+    assert run(shell, f"%llama load {GGUF_REPO} --file Q8_0").success
+    converted = llama.engine.model_dir
+    llama.unload()
+    hub.online = False
+    assert run(shell, f"%llama load {GGUF_REPO} --file tiny-model.Q8_0.gguf").success
+    assert llama.engine.model_dir == converted
+    llama.unload()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert run(shell, f"%llama load {GGUF_REPO} --file Q8_0").success  # listing from the local cache
+
+
+def test_unknown_repo_is_one_line(shell, llama, hub, capsys):
     result = run(shell, "%llama load someone/does-not-exist")
     err = capsys.readouterr().err
     assert isinstance(result.error_in_exec, UsageError) and "someone/does-not-exist" in err and err.count("\n") == 1
 
 
-def test_offline_and_not_cached_is_one_line(shell, llama, monkeypatch, capsys):
-    def offline(repo_id, **kw):
-        raise hf_errors.LocalEntryNotFoundError("offline and not in the cache")
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+def test_offline_and_not_cached_is_one_line(shell, llama, hub, capsys):
+    hub.online = False
     result = run(shell, f"%llama load {REPO}")
     err = capsys.readouterr().err
     assert isinstance(result.error_in_exec, UsageError) and "local cache" in err and err.count("\n") == 1
+
+
+def test_repo_with_no_weights_is_one_line(shell, llama, hub, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    (empty / "pytorch_model.bin").write_bytes(b"pickle")
+    hub.add("someone/no-weights", empty)
+    llama.load("demo")
+    result = run(shell, "%llama load someone/no-weights")
+    err = capsys.readouterr().err
+    assert isinstance(result.error_in_exec, UsageError) and err.count("\n") == 1 and "no weights" in err
+    assert hub.transferred == [] and llama.engine.name == "demo"
+
+
+def test_prompt_without_a_model_falls_back_to_smollm2_when_the_reference_is_unreachable(
+        shell, llama, hub, smollm2_int8, capsys):
+    from ct2_magics.settings import REFERENCE_MODEL
+
+    assert llama.settings.model == REFERENCE_MODEL
+    hub.online = False
+    assert run(shell, "%%llama --once -t 0 -n 20\nWhat is 2 + 2?").success
+    out = capsys.readouterr().out
+    assert llama.engine.name == "smollm2"
+    notices = [line for line in out.splitlines() if "smollm2" in line and REFERENCE_MODEL in line]
+    assert len(notices) == 1 and "neither cached nor reachable" in notices[0]
+    assert [c["repo_id"] for c in hub.calls] == [REFERENCE_MODEL] * len(hub.calls)
+
+
+def test_no_fallback_for_a_model_the_user_chose(shell, llama, hub, capsys):
+    llama.settings.model = REPO
+    hub.online = False
+    result = run(shell, "%%llama -n 3\nhi")
+    assert isinstance(result.error_in_exec, UsageError) and llama.engine is None
+    assert "local cache" in capsys.readouterr().err
