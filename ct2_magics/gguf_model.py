@@ -71,13 +71,13 @@ class GGUFModel:
         try:
             self.reader = gguf.GGUFReader(str(self.path))
         except (ValueError, IndexError, KeyError, OSError, struct.error, UnicodeDecodeError) as e:
-            raise LlamaError(f"{self.path.name} is not a complete GGUF file ({first_line(e)}); "
-                             "download or copy it again.") from None
+            raise LlamaError(f"{self.path.name} is not a complete GGUF file (it ends early or its header is damaged: "
+                             f"{first_line(e, 80)}); download or copy it again.") from None
         self.tensors = {t.name: t for t in self.reader.tensors}
         self.arch = str(self.field("general.architecture") or "")
         if self.arch not in ARCHITECTURES:
             raise LlamaError(f"{self.path.name} holds a {self.arch or 'unnamed'} model; this loader converts "
-                             f"{', '.join(sorted(ARCHITECTURES))} GGUF models (Llama 2/3.x, SmolLM2, Mistral, Qwen2/2.5).")
+                             f"{' and '.join(sorted(ARCHITECTURES))} GGUF models (Llama 3.x, SmolLM2, Qwen2/2.5).")
         self.shape = self._shape()
         self._check_types()
 
@@ -148,7 +148,9 @@ class GGUFModel:
         except (NotImplementedError, ValueError) as e:
             raise LlamaError(f"Cannot dequantize {gguf_name} of {self.path.name} ({first_line(e)}).") from None
         rows = [int(d) for d in reversed(tensor.shape.tolist())]
-        return np.ascontiguousarray(array.reshape(rows), dtype=np.float32)
+        array = np.ascontiguousarray(array.reshape(rows), dtype=np.float32)
+        # F32 tensors come back as views of the read-only memory map; quantizing works in place.
+        return array if array.flags.writeable else array.copy()
 
     def vocabulary(self) -> list[str]:
         """Token strings by id, one per embedding row."""

@@ -98,7 +98,8 @@ class SafetensorsModel:
         if file is None:
             raise LlamaError(f"{self.path} has no tensor {name}; it is not a complete {self.arch} checkpoint.")
         with safe_open(str(file), framework="np") as f:
-            return np.ascontiguousarray(f.get_tensor(name), dtype=np.float32)
+            array = np.ascontiguousarray(f.get_tensor(name), dtype=np.float32)
+        return array if array.flags.writeable else array.copy()
 
     def vocabulary(self) -> list[str]:
         """Token strings by id from tokenizer.json, padded to the embedding rows as CTranslate2's converter does."""

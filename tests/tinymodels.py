@@ -44,16 +44,20 @@ class Tiny:
         return self.hidden // self.heads
 
 
-def train_tokenizer(merges: int = 400):
-    """A byte-level BPE trained on CORPUS, with Llama 3 style special tokens at the end."""
+def train_tokenizer(merges: int = 400, corpus: list[str] | None = None, split: bool = True):
+    """A byte-level BPE trained on CORPUS, with Llama 3 style special tokens at the end.
+
+    split=False trains without any pre-tokenizer split, so merges cross word, digit and space
+    boundaries: then only a tokenizer that splits text exactly as llama.cpp does gives llama.cpp's ids.
+    """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=256 + merges, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tokenizer.train_from_iterator(CORPUS * 4, trainer)
+    tokenizer.train_from_iterator((corpus or CORPUS) * 4, trainer)
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
     return tokenizer
 
@@ -117,13 +121,18 @@ GGUF_NAMES = {"input_layernorm.weight": "attn_norm.weight", "post_attention_laye
               "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight"}  # fmt: skip
 
 
-def write_gguf(path: Path, shape: Tiny, weights: dict[str, np.ndarray], tokenizer, *, arch: str = "llama",
+def write_gguf(path: Path, shape: Tiny, weights: dict[str, np.ndarray], vocab, *, arch: str = "llama",
                pre: str = "llama-bpe", qtype: str = "F32", chat_template: str | None = CHAT_TEMPLATE,
-               add_bos: bool | None = None, extra_tensors: dict[str, np.ndarray] | None = None) -> Path:
-    """A GGUF file as llama.cpp's converter writes one: q/k permuted for llama, 2-D weights stored as `qtype`."""
+               add_bos: bool | None = None, extra_tensors: dict[str, Any] | None = None,
+               tokenizer_model: str = "gpt2") -> Path:
+    """A GGUF file as llama.cpp's converter writes one: q/k permuted for llama, 2-D weights stored as `qtype`.
+
+    vocab: a tokenizers.Tokenizer, or (tokens, merges, types) as vocab_of gives them. extra_tensors: name ->
+    a float32 array, or (raw bytes as uint8 rows, quantization type) for a type written as it is.
+    """
     import gguf
 
-    tokens, merges, types = vocab_of(tokenizer)
+    tokens, merges, types = vocab if isinstance(vocab, tuple) else vocab_of(vocab)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name("tiny test model")
     writer.add_block_count(shape.layers)
@@ -136,7 +145,7 @@ def write_gguf(path: Path, shape: Tiny, weights: dict[str, np.ndarray], tokenize
     writer.add_layer_norm_rms_eps(shape.eps)
     writer.add_rope_dimension_count(shape.dim)
     writer.add_vocab_size(len(tokens))
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(tokenizer_model)
     writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
@@ -173,7 +182,11 @@ def write_gguf(path: Path, shape: Tiny, weights: dict[str, np.ndarray], tokenize
                 array = permute(array, shape.heads if name == "attn_q.weight" else shape.kv_heads)
             add(f"blk.{i}.{name}", array)
     for name, array in (extra_tensors or {}).items():
-        writer.add_tensor(name, array)
+        if isinstance(array, tuple):
+            raw, raw_type = array
+            writer.add_tensor(name, raw, raw_shape=raw.shape, raw_dtype=raw_type)
+        else:
+            writer.add_tensor(name, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
