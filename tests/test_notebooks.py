@@ -1,4 +1,4 @@
-"""Every notebook in notebooks/ runs top to bottom in a real kernel on the offline demo model.
+"""Every notebook in notebooks/ runs top to bottom in a real kernel on smollm2, offline.
 
 Only cells tagged `raises-exception` (the nbclient / nbsphinx convention) may fail, and those must.
 """
@@ -34,7 +34,7 @@ def _execute(path: Path) -> Any:
 
     nb = nbformat.read(path, as_version=4)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    # The kernel imports this checkout and finds the demo model the test session already built.
+    # The kernel imports this checkout and finds smollm2 already converted in the test session's cache.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, startup_timeout=120, kernel_name="python3",
                                      allow_errors=True, resources={"metadata": {"path": str(path.parent)}})
@@ -43,8 +43,8 @@ def _execute(path: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def executed(demo_model: Path) -> Any:
-    """Run each notebook once per test module (the demo model is built first, outside any cell's timeout)."""
+def executed(smollm2_int8: Path) -> Any:
+    """Run each notebook once per test module (smollm2 is converted first, outside any cell's timeout)."""
     done: dict[Path, Any] = {}
 
     def get(path: Path) -> Any:
@@ -74,6 +74,14 @@ def test_notebook_runs_cleanly(path: Path, executed: Any) -> None:
             shown = [o for o in cell.outputs if o.output_type in ("display_data", "execute_result")
                      and "text/html" in o.get("data", {}) and "text/markdown" not in o.get("data", {})]
             assert shown, f"%%llama cell {nb.cells.index(cell)} showed no reply"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs_on_smollm2_not_the_random_demo_model(path: Path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    code = "\n".join(_source(c) for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    assert "load smollm2" in code or '"smollm2"' in code
+    assert "demo" not in code
 
 
 def test_analysis_notebook_adds_columns_to_the_table(executed: Any) -> None:

@@ -174,3 +174,12 @@ def test_second_load_reuses_the_cache_without_converting(llama, smollm2_int8, ca
     llama.load("smollm2")
     assert llama.engine.model_dir == smollm2_int8 and smollm2_int8.stat().st_mtime_ns == before
     assert not [line for line in lines if line.startswith("Converted")]
+
+
+def test_a_model_this_small_decodes_on_one_thread_unless_told(llama, smollm2_int8):
+    llama.load("smollm2", device="cpu")
+    assert llama.engine.threads == 1  # 1.5x faster than 2 threads here (BENCHMARKS.md, "Threads")
+    llama.unload()
+    llama.settings.threads = 2
+    llama.load("smollm2", device="cpu")
+    assert llama.engine.threads == 2
