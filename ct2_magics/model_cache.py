@@ -94,7 +94,7 @@ def cached(source: Path, *, label: str, quantization: str, open_model: Callable[
         shutil.rmtree(staging, ignore_errors=True)
     size = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
     notify(f"Converted {label} to CTranslate2 ({quantization}) in {time.perf_counter() - started:.1f} s: "
-           f"{human_size(size)} in {target}; the next load is instant.")
+           f"{human_size(size)} in {target}; later loads use it directly.")
     return target
 
 

@@ -76,17 +76,19 @@ def quantize_layer(layer: object, quantization: str | None) -> None:
 
 
 def finish(spec: TransformerDecoderModelSpec, path: Path, vocabulary: list[str], *, bos: str, eos: str, unk: str,
-           norm_eps: float, quantization: str | None, layers_done: bool = False) -> Path:
-    """Register the vocabulary and special tokens, quantize what is left, and write model.bin and friends."""
+           norm_eps: float, quantization: str | None, done: tuple[str, ...] = ()) -> Path:
+    """Register the vocabulary and special tokens, quantize what is left, and write model.bin and friends.
+
+    done: the scopes quantize_layer stored already; a second pass would recompute their scales from int8 values.
+    """
     spec.register_vocabulary(vocabulary)
     spec.config.bos_token, spec.config.eos_token, spec.config.unk_token = bos, eos, unk
     spec.config.layer_norm_epsilon = float(norm_eps)
     spec.validate()
-    if layers_done:
-        # The layers are quantized already; a second pass would recompute their scales from int8 values.
+    if done:
         spec._alias_variables()
         if quantization is not None:
-            spec._quantize(quantization, variable_filter=lambda name: not name.startswith("decoder/layer_"))
+            spec._quantize(quantization, variable_filter=lambda name: not name.startswith(done))
     else:
         spec.optimize(quantization=quantization)
     path.mkdir(parents=True, exist_ok=True)
@@ -96,10 +98,25 @@ def finish(spec: TransformerDecoderModelSpec, path: Path, vocabulary: list[str],
 
 def write_decoder(path: Path, shape: DecoderShape, weight: Callable[[str], np.ndarray], vocabulary: list[str], *,
                   bos: str, eos: str, unk: str, quantization: str | None, step: Callable[[], None] = lambda: None) -> Path:
-    """Fill a spec from `weight(name)` (Hugging Face tensor names, float32 arrays) layer by layer and save it."""
+    """Fill a spec from `weight(name)` (Hugging Face tensor names, float32 arrays) and save it.
+
+    Each tensor is stored in its final type as soon as it is filled, the embeddings first: what stays in
+    memory is the converted model plus one float32 tensor at a time (about 8 GB for an 8B model as int8).
+    """
     spec = new_spec(shape.layers, shape.heads, shape.kv_heads, rope_theta=shape.rope_theta,
                     head_dim=shape.head_dim or None, rope=shape.rope)
-    for i, layer in enumerate(spec.decoder.layer):
+    decoder = spec.decoder
+    decoder.embeddings.weight = weight("model.embed_tokens.weight")
+    rows = decoder.embeddings.weight.shape[0]
+    if len(vocabulary) != rows:
+        raise ValueError(f"{len(vocabulary)} tokens for {rows} embedding rows")
+    quantize_layer(decoder.embeddings, quantization)
+    # Tied: the same variable; finish() turns it into an alias, as CTranslate2's own converters do.
+    decoder.projection.weight = decoder.embeddings.weight if shape.tied else weight("lm_head.weight")
+    if not shape.tied:
+        quantize_layer(decoder.projection, quantization)
+    decoder.layer_norm.gamma = weight("model.norm.weight")
+    for i, layer in enumerate(decoder.layer):
         p = f"model.layers.{i}."
         attention = layer.self_attention
         attention.layer_norm.gamma = weight(p + "input_layernorm.weight")
@@ -113,13 +130,7 @@ def write_decoder(path: Path, shape: DecoderShape, weight: Callable[[str], np.nd
         layer.ffn.linear_1.weight = weight(p + "mlp.down_proj.weight")
         quantize_layer(layer, quantization)
         step()
-    embeddings = weight("model.embed_tokens.weight")
-    spec.decoder.embeddings.weight = embeddings
-    spec.decoder.layer_norm.gamma = weight("model.norm.weight")
-    spec.decoder.projection.weight = embeddings if shape.tied else weight("lm_head.weight")
-    if len(vocabulary) != embeddings.shape[0]:
-        raise ValueError(f"{len(vocabulary)} tokens for {embeddings.shape[0]} embedding rows")
     out = finish(spec, path, vocabulary, bos=bos, eos=eos, unk=unk, norm_eps=shape.norm_eps,
-                 quantization=quantization, layers_done=True)
+                 quantization=quantization, done=("decoder/layer_", "decoder/embeddings/", "decoder/projection/"))
     step()
     return out

@@ -72,3 +72,13 @@ def test_reference_shape_dry_run(shared: Path) -> None:
     assert '"ratio_ours_over_bare"' in out and '"bandwidth_limit_tokens_per_s"' in out
     check = bench(shared, "reference_shape.py", "--device", "cpu", "--check", "--model", str(shared / "small"))
     assert '"top1_agreement"' in check
+
+
+def test_threads(shared: Path) -> None:
+    out = bench(shared, "threads.py", "--tokens", "4", "--runs", "1")
+    assert "| tiny |" in out and "| bench |" in out and "1 / 2" in out
+
+
+def test_convert_cost(shared: Path, smollm2_gguf: Path) -> None:
+    out = bench(shared, "convert_cost.py")
+    assert "| SmolLM2-135M Q4_1 GGUF | int8 |" in out and "peak RSS MB" in out
