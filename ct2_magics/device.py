@@ -45,6 +45,11 @@ def choose_compute_type(requested: str, device: str, saved: str | None) -> tuple
     return requested, None
 
 
+def check_request(device: str, compute_type: str) -> None:
+    """LlamaError now for a device or compute type this machine lacks, before anything is downloaded or converted."""
+    choose_compute_type(compute_type, choose_device(device), None)
+
+
 def openmp_safe_threads(threads: int, environ: Any = None) -> tuple[int, str | None]:
     """CPU threads CTranslate2 can count on getting, and a notice when the environment forces fewer.
 

@@ -51,6 +51,7 @@ class Session:
         The new model is checked in full before the loaded one is freed; if it fails, the loaded one stays.
         """
         from . import hub
+        from .device import check_request
         from .engine import Engine
 
         if model is not None and not isinstance(model, str) and hasattr(model, "__fspath__"):
@@ -64,6 +65,7 @@ class Session:
             old = self.engine
             if old is not None and (old.name, old.requested, old.source) == (model, (device, compute_type), source):
                 return old
+            check_request(device, compute_type)  # a device or compute type this machine lacks fails before any download
             path = hub.resolve(model, revision=source[0], file=source[1], quantization=source[2],
                                compute_type=compute_type, notify=(lambda line: None) if self.settings.quiet else self.notify)
 

