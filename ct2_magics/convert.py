@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ct2_magics.errors import LlamaError, first_line
 from ct2_magics.hub import SAFETENSORS_FILES, SAFETENSORS_IGNORE, is_repo_id
@@ -125,16 +126,9 @@ def _convert_without_torch(source: str, local: Path, out: Path, quantization: st
     rope = model.shape.rope
     extra = " with Llama 3 RoPE scaling" if rope else ""
     progress(f"Converting {model.arch} to CTranslate2 ({storage}){extra}, layer by layer, without torch ...")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        built = staging / "model"
+    with _staged(out, progress) as built:
         built.mkdir()
         convert_into(model, built, storage, label=local.name)
-        progress(f"Writing {out} ...")
-        _replace(built, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return _summary(out, storage, rope is not None, model.arch, source, progress)
 
 
@@ -151,10 +145,9 @@ def _convert_with_torch(source: str, model_dir: Path, out: Path, quantization: s
     extra = " with Llama 3 RoPE scaling" if rope else ""
     progress(f"Converting {model_type} to CTranslate2 ({quant}){extra}; this loads the whole model into memory ...")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        built = staging / "model"
+    from .safetensors_model import copy_side_files
+
+    with _staged(out, progress) as built:
         converter = _converter_class()(str(model_dir), rope)
         try:
             converter.convert(str(built), quantization=quantization)
@@ -162,20 +155,24 @@ def _convert_with_torch(source: str, model_dir: Path, out: Path, quantization: s
             raise LlamaError(f"CTranslate2 could not convert {source}: {first_line(exc)}") from None
         if rope is not None and not converter.llama3_applied:
             raise LlamaError(f"{source} asks for llama3 RoPE scaling but its converted spec has no decoder layers to carry it")
-        progress(f"Writing {out} ...")
-        from .safetensors_model import copy_side_files
-
         copy_side_files(model_dir, built)
-        _replace(built, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return _summary(out, quantization, rope is not None, model_type, source, progress)
 
 
-def _replace(built: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(built, out)
+@contextlib.contextmanager
+def _staged(out: Path, progress: Callable[[str], None]) -> Iterator[Path]:
+    """A folder to build the model in, beside `out`; it replaces `out` only when the build has succeeded."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        built = staging / "model"
+        yield built
+        progress(f"Writing {out} ...")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(built, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _summary(out: Path, quantization: str | None, rope: bool, model_type: str, source: str,
