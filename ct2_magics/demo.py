@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -10,6 +9,9 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
+
+from .spec import finish, new_spec
+from .tokenizer_files import write_tokenizer_files
 
 DEMO_NAME = "demo"
 DEMO_SUBDIR = "demo-v1"
@@ -109,13 +111,7 @@ def save_model(path: Path | str, spec, tokenizer, head: tuple[np.ndarray, np.nda
     path = Path(path)
     spec.decoder.embeddings.weight, spec.decoder.projection.weight, spec.decoder.projection.bias = head
     vocab = vocabulary(tokenizer)
-    spec.register_vocabulary(vocab)
-    spec.config.bos_token, spec.config.eos_token, spec.config.unk_token = BOS, EOT, ""
-    spec.config.layer_norm_epsilon = 1e-5
-    spec.validate()
-    spec.optimize(quantization=quantization)
-    path.mkdir(parents=True, exist_ok=True)
-    spec.save(str(path))
+    finish(spec, path, vocab, bos=BOS, eos=EOT, unk="", norm_eps=1e-5, quantization=quantization)
     _write_hub_files(path, tokenizer, vocab, chat_template, max_position)
     return path
 
@@ -204,16 +200,9 @@ def _bigram_head(tokenizer, vocab: list[str], hidden: int) -> tuple[np.ndarray, 
 
 def decoder_spec(layers: int, heads: int, kv_heads: int, hidden: int, intermediate: int, gain: float, rng):
     """A Llama-architecture decoder spec with random layers whose outputs are scaled by gain."""
-    from ctranslate2.specs import common_spec, transformer_spec
-
     if hidden % heads or (hidden // heads) % 2 or heads % kv_heads:
         raise ValueError(f"hidden={hidden}, heads={heads}, kv_heads={kv_heads} do not give even head sizes")
-    spec = transformer_spec.TransformerDecoderModelSpec.from_config(
-        layers, heads, pre_norm=True, activation=common_spec.Activation.SWISH, ffn_glu=True, rms_norm=True,
-        rotary_dim=0, rotary_interleave=False, rotary_base=ROPE_BASE,
-        num_heads_kv=None if kv_heads == heads else kv_heads,
-    )  # fmt: skip
-    spec.decoder.scale_embeddings = False
+    spec = new_spec(layers, heads, kv_heads, rope_theta=ROPE_BASE)
     spec.decoder.layer_norm.gamma = np.ones(hidden, dtype=np.float32)
 
     def dense(rows: int, cols: int, scale: float = 1.0) -> np.ndarray:
@@ -232,32 +221,12 @@ def decoder_spec(layers: int, heads: int, kv_heads: int, hidden: int, intermedia
 
 def _write_hub_files(path: Path, tokenizer, vocab: list[str], chat_template: bool, max_position: int) -> None:
     """Write the tokenizer, generation config and README that a converted Hub repo carries."""
-    tokenizer.save(str(path / "tokenizer.json"))
-    ids = {token: vocab.index(token) for token in SPECIAL_TOKENS}
-    flags = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
-    config = {
-        "added_tokens_decoder": {str(ids[token]): {"content": token, **flags} for token in SPECIAL_TOKENS},
-        "bos_token": BOS,
-        "clean_up_tokenization_spaces": False,
-        "eos_token": EOT,
-        "model_input_names": ["input_ids", "attention_mask"],
-        "model_max_length": max_position,
-        "tokenizer_class": "PreTrainedTokenizerFast",
-    }
-    if chat_template:
-        config["chat_template"] = CHAT_TEMPLATE
-    generation = {"bos_token_id": ids[BOS], "eos_token_id": [ids[END_OF_TEXT], ids[EOT]], "do_sample": True,
-                  "temperature": 0.6, "top_p": 0.9}  # fmt: skip
-    _write_json(path / "tokenizer_config.json", config)
-    _write_json(path / "special_tokens_map.json", {"bos_token": BOS, "eos_token": EOT})
-    _write_json(path / "generation_config.json", generation)
+    ids = {token: vocab.index(token) for token in (END_OF_TEXT, EOT)}
+    write_tokenizer_files(path, tokenizer, bos=BOS, eos=EOT, chat_template=CHAT_TEMPLATE if chat_template else None,
+                          max_length=max_position, end_ids=[ids[END_OF_TEXT], ids[EOT]],
+                          generation={"do_sample": True, "temperature": 0.6, "top_p": 0.9})
     (path / "README.md").write_text(
         "# ct2-magics demo model\n\nA tiny Llama 3 style model in CTranslate2 format with **random weights**,\n"
         "built locally by `ct2_magics.demo`. Its replies mean nothing: it exists for offline demos and tests.\n",
         encoding="utf-8",
     )
-
-
-def _write_json(path: Path, data: dict) -> None:
-    """Write data as stable, indented UTF-8 JSON."""
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")

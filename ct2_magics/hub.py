@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from pathlib import Path
@@ -69,7 +70,7 @@ def resolve(model: str, *, revision: str | None = None, file: str | None = None,
     elif is_repo_id(model):
         source = fetch(model, revision=revision, file=file)
     else:
-        raise LlamaError(f"No such file or directory: {model}. Give smollm2, a .gguf file, a model folder, "
+        raise LlamaError(f"No such directory: {model} (nor such a file). Give smollm2, a .gguf file, a model folder, "
                          "or a Hub repo id (owner/name).")
     return prepare(source, label or _label(model, source), quantization=quantization, compute_type=compute_type,
                    notify=notify)
@@ -206,5 +207,6 @@ def _raise_for_repo(error: BaseException, repo_id: str, revision: str | None) ->
         raise LlamaError(f"{repo_id} has no such file ({str(error).splitlines()[0][:120]}).") from None
     if isinstance(error, hf_errors.HFValidationError):
         raise LlamaError(f"{repo_id} is neither a local file or folder nor a valid Hugging Face repo id.") from None
-    if isinstance(error, (KeyboardInterrupt, SystemExit)):
-        raise error
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise LlamaError(f"The disk filled up while downloading {repo_id}; free some space (or set HF_HOME to a "
+                         "bigger disk) and load it again.") from None

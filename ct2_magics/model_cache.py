@@ -77,8 +77,9 @@ def cached(source: Path, *, label: str, quantization: str, open_model: Callable[
     started = time.perf_counter()
     model = open_model(source)  # reads and checks the source before anything is written
     root.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(root, target)
     _check_room(root, model.shape.stored_bytes(quantization), label)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".converting", dir=root))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".converting", dir=root))
     try:
         staging.chmod(0o755)
         convert_into(model, staging, quantization, label=label, progress=progress)
@@ -109,6 +110,25 @@ def convert_into(model: Any, out: Path, quantization: str, *, label: str, progre
     with tqdm(total=model.shape.layers + 1, desc=f"Converting {label}", unit="layer", leave=False,
               disable=not progress, dynamic_ncols=True) as bar:
         write_decoder(out, model.shape, model.weight, vocabulary, quantization=quantization, step=bar.update, **special)
+
+
+def _clear_leftovers(root: Path, target: Path) -> None:
+    """Remove what killed conversions of this model left behind (their process is gone)."""
+    prefix = f".{target.name}."
+    for leftover in root.glob(f"{prefix}*.converting"):
+        pid = leftover.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_room(root: Path, needed: int, label: str) -> None:

@@ -45,7 +45,8 @@ _COUNTS = {"threads": (0, 1024), "max_context": (16, 2**31 - 1), "batch_size": (
 class LlamaSettings(Configurable):
     """Defaults for loading and generating; None means the model's own default."""
 
-    model = Unicode(help="Model loaded when a prompt runs with none loaded (env CT2_MAGICS_MODEL).").tag(config=True)
+    model = Unicode(help="Model loaded when a prompt runs with none loaded (env CT2_MAGICS_MODEL); the reference "
+                    "model by default, smollm2 when that is neither cached nor reachable.").tag(config=True)
     device = Enum(["auto", "cpu", "cuda"], "auto", help="Where the model runs.").tag(config=True)
     compute_type = Unicode("auto", help="CTranslate2 compute type, or auto.").tag(config=True)
     threads = CInt(0, help="CPU threads for decoding; 0 lets ct2-magics choose.").tag(config=True)

@@ -111,6 +111,7 @@ def test_an_interrupted_conversion_leaves_no_model_and_the_next_load_converts(ho
     assert proc.returncode == 0, err[-2000:]
     model_dir = Path(out.strip().splitlines()[-1])
     assert (model_dir / "model.bin").is_file() and "Converted" in out
+    assert not list((cache / "converted").glob(".*.converting"))  # what the killed process left is gone too
 
 
 def test_cli_converts_a_gguf_without_torch(tiny, tmp_path, capsys):
