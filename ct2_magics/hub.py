@@ -32,6 +32,7 @@ MODEL_FILES = [
 SAFETENSORS_FILES = ["*.safetensors", "*.json", "*.model", "*.jinja", "merges.txt"]
 # Meta's raw checkpoint folder duplicates the weights in another format.
 SAFETENSORS_IGNORE = ["original/*"]
+KNOWN_FILES = [*MODEL_FILES, *SAFETENSORS_FILES, "*.gguf"]
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -143,7 +144,8 @@ def repo_files(repo_id: str, *, revision: str | None = None) -> list[str]:
                 return list(huggingface_hub.list_repo_files(repo_id, revision=revision))
         except Exception as e:  # network errors come as several types (httpx's, OSError's, the Hub's own)
             _raise_for_repo(e, repo_id, revision)
-    snapshot = _cached(huggingface_hub.snapshot_download, repo_id, revision)
+    # What the cache holds of the files any kind of model needs (the patterns only name what is looked for).
+    snapshot = _cached(huggingface_hub.snapshot_download, repo_id, revision, {"allow_patterns": KNOWN_FILES})
     root = Path(snapshot)
     return [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
 
