@@ -21,9 +21,10 @@ class Llama:
 
     # -- the model ----------------------------------------------------------------------------
     def load(self, model: str | None = None, *, device: str | None = None, compute_type: str | None = None,
-             revision: str | None = None) -> Engine:
-        """Load a model: a converted model's directory, a Hugging Face repo id, or 'demo'."""
-        return self.session.load(model, device=device, compute_type=compute_type, revision=revision)
+             revision: str | None = None, file: str | None = None, quantization: str | None = None) -> Engine:
+        """Load a model: smollm2, a .gguf file, a model folder, or a Hugging Face repo id (GGUF: file= picks one)."""
+        return self.session.load(model, device=device, compute_type=compute_type, revision=revision, file=file,
+                                 quantization=quantization)
 
     def unload(self) -> bool:
         """Stop every reply and free the model; False if none was loaded."""

@@ -56,7 +56,7 @@ class Session:
 
         if model is not None and not isinstance(model, str) and hasattr(model, "__fspath__"):
             model = str(model)
-        model = _text_or_none(model, "The model (smollm2, a .gguf file, a folder, a Hub repo id)") or self.settings.model
+        model = _text_or_none(model, "The model (a directory, a Hub repo id, or demo)") or self.settings.model
         device = _text_or_none(device, "device") or self.settings.device
         compute_type = _text_or_none(compute_type, "compute_type") or self.settings.compute_type
         source = tuple(_text_or_none(v, what) for v, what in ((revision, "revision"), (file, "file"),

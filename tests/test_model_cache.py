@@ -35,7 +35,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 def _load(llama, source: str) -> tuple[Path, list[str]]:
     lines: list[str] = []
-    llama.notify = lines.append
+    llama.session.notify = lines.append
     llama.unload()
     llama.load(source)
     return llama.engine.model_dir, [line for line in lines if line.startswith("Converted")]

@@ -167,7 +167,7 @@ def test_int8_conversion_agrees_on_the_next_token_teacher_forced(fidelity):
 
 def test_second_load_reuses_the_cache_without_converting(llama, smollm2_int8, capsys):
     lines: list[str] = []
-    llama.notify = lines.append
+    llama.session.notify = lines.append
     llama.load("smollm2")
     llama.unload()
     before = smollm2_int8.stat().st_mtime_ns
