@@ -60,7 +60,7 @@ def map_items(session: Session, items: Iterable[Any], template: str = "{}", *, s
     context are None; the other options are those of `generate`. With `cluster=` a dask.distributed
     Client, or given a Dask Series, the workers answer (ct2_magics.cluster).
     """
-    if cluster is not None or type(items).__module__.split(".")[0] == "dask":
+    if cluster is not None or type(items).__module__.startswith("dask"):
         from .cluster import map_on_cluster
 
         return map_on_cluster(session, items, template, cluster, system=system, batch_size=batch_size,

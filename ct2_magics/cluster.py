@@ -63,7 +63,7 @@ def map_on_cluster(session: Session, items: Any, template: str, cluster: Any, *,
 
 
 def _is_dask(items: Any) -> bool:
-    return type(items).__module__.split(".")[0] == "dask"
+    return type(items).__module__.startswith("dask")  # dask.dataframe, and dask_expr before dask 2025.1
 
 
 def _check_dask_series(items: Any, partition_size: Any) -> None:

@@ -124,7 +124,7 @@ class ModelPlugin(WorkerPlugin):
 
 
 def _malloc_for_decoding() -> None:
-    """Undo what Dask's nanny does to glibc's malloc in a worker, which made decoding 2-13x slower (BENCHMARKS.md).
+    """Undo what Dask's nanny does to glibc's malloc in a worker, which made decoding about 2x slower (BENCHMARKS.md).
 
     The nanny sets MALLOC_TRIM_THRESHOLD_=65536, and setting it also freezes glibc's sliding mmap threshold at
     128 KB: every large buffer CTranslate2 allocates while decoding is then mapped and unmapped afresh, paying
