@@ -97,18 +97,19 @@ def _result(future: Any, distributed: Any) -> tuple[list[str | None], list[tuple
 
 
 def partitions(session: Session, texts: list[str], problems: dict[int, str], job: Job, size: int) -> list[list[int]]:
-    """Positions of each partition; whole batches of local llama.map when the kernel holds the model, else in order.
+    """Positions of each partition, in whole batches: local llama.map's own when the kernel holds the model, else in order.
 
     With the model here, items are put in the order local llama.map batches them (by prompt length), and each
     partition takes whole batches, so every batch has the same prompts as locally and greedy replies are equal
     even at near-ties. Items that cannot be asked go last: they join no batch.
     """
+    size = math.ceil(size / job.batch_size) * job.batch_size  # no batch of one where locally there is none
     engine = session.engine
     if engine is None:
-        return [list(range(i, min(i + size, len(texts)))) for i in range(0, len(texts), size)]
-    head = [{"role": "system", "content": job.system}] if job.system else []
-    lengths = {p: engine.count_tokens(head + [{"role": "user", "content": t}]) for p, t in enumerate(texts)
-               if p not in problems}
-    order = sorted(lengths, key=lengths.__getitem__) + sorted(problems)  # stable: ties keep input order, as locally
-    size = math.ceil(size / job.batch_size) * job.batch_size
+        order = list(range(len(texts)))
+    else:
+        head = [{"role": "system", "content": job.system}] if job.system else []
+        lengths = {p: engine.count_tokens(head + [{"role": "user", "content": t}]) for p, t in enumerate(texts)
+                   if p not in problems}
+        order = sorted(lengths, key=lengths.__getitem__) + sorted(problems)  # stable: ties keep input order, as locally
     return [order[i:i + size] for i in range(0, len(order), size)]

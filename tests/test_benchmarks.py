@@ -53,7 +53,7 @@ def test_cluster(shared: Path) -> None:
     pytest.importorskip("distributed")
     pytest.importorskip("dask.dataframe")
     out = bench(shared, "cluster.py", "--quick")
-    assert "| local llama.map" in out and "cluster, 2 workers x 1 thread" in out and "ms per partition" in out
+    assert "| local llama.map" in out and "| 2 workers x 1 thread" in out and "ms per partition" in out
     assert "replies differing from local llama.map" in out and (shared / "json" / "cluster.json").is_file()
 
 
