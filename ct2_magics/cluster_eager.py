@@ -7,7 +7,7 @@ import sys
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from .batch import ItemError, _as_series, _prompts, _summary, _template_filler
+from .batch import ItemError, _as_series, _items, _prompts, _summary, _template_filler
 from .errors import LlamaError
 
 if TYPE_CHECKING:
@@ -78,12 +78,7 @@ def run(session: Session, client: Any, items: Any, job: Job, *, partition_size: 
 def _values(items: Any, series: Any) -> tuple[list[Any], list[Any]]:
     if series is not None:
         return series.tolist(), list(series.index)
-    if isinstance(items, (str, bytes)):
-        raise LlamaError("map takes a list of items; a single string would be asked letter by letter.")
-    try:
-        values = list(items)
-    except TypeError:
-        raise LlamaError(f"map takes a list of items or a pandas Series; got {type(items).__name__}.") from None
+    values = _items(items, "map", "items")
     return values, list(range(len(values)))
 
 
