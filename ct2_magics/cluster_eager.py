@@ -56,7 +56,9 @@ def run(session: Session, client: Any, items: Any, job: Job, *, partition_size: 
             new = [ItemError(part[q], labels[part[q]], reason) for q, reason in failed]
             failures.extend(new)
             if new and errors == "raise":
-                raise LlamaError(f"llama.map: {_summary(new, len(values), raised=True).replace('nothing was generated', 'the job was stopped')}")
+                session.last_errors = new
+                line = _summary(new, len(values), raised=True).replace("nothing was generated", "the job was stopped")
+                raise LlamaError(f"llama.map: {line}")
             bar.update(1)
     finally:
         bar.close()
