@@ -101,28 +101,30 @@ def model_spec(session: Session, client: Any) -> Any:
 
     engine = session.engine
     if engine is not None:
-        name, revision, (device, compute_type) = engine.name, engine.revision, engine.requested
+        name, source, (device, compute_type) = engine.name, engine.source, engine.requested
     else:
         s = session.settings
-        name, revision, device, compute_type = s.model, None, s.device, s.compute_type
+        name, source, device, compute_type = s.model, (None, None, None), s.device, s.compute_type
     model, is_path = worker_name(name)
-    shipped = _upload_name(model, revision)
+    shipped = _upload_name(model, source)
     if client is None or not client.run_on_scheduler(_has_nanny_plugin, "upload-directory-" + shipped):
         shipped = None
-    return ModelSpec(model, revision, device, compute_type, session.settings.threads, is_path, shipped)
+    return ModelSpec(model, source, device, compute_type, session.settings.threads, is_path, shipped)
 
 
 def worker_name(name: str) -> tuple[str, bool]:
     """The model's name as every worker should resolve it (a path made absolute), and whether it is a path."""
     from .hub import is_repo_id
+    from .smollm2 import NAME as SMOLLM2
 
-    if name == "demo" or is_repo_id(name):
+    if name in ("demo", SMOLLM2) or is_repo_id(name):  # names each worker resolves itself
         return name, False
     return str(Path(name).expanduser().absolute()), True
 
 
-def _upload_name(model: str, revision: str | None) -> str:
-    return "ct2-magics-" + hashlib.sha256(f"{model}\0{revision or ''}".encode()).hexdigest()[:16]
+def _upload_name(model: str, source: tuple[str | None, ...]) -> str:
+    key = "\0".join([model, *(part or "" for part in source)])
+    return "ct2-magics-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _has_nanny_plugin(name: str, dask_scheduler: Any = None) -> bool:
@@ -163,20 +165,20 @@ def ship(client: Any, model: str | Path | None = None) -> str:
     if model is None:
         if engine is None:
             raise LlamaError("ship() sends the loaded model, and none is loaded: llama.load(MODEL) first, or pass its directory.")
-        source, name, revision = Path(engine.model_dir), engine.name, engine.revision
+        folder, name, source = Path(engine.model_dir), engine.name, engine.source
     else:
-        source, name, revision = Path(model).expanduser(), str(model), None
-        if not source.is_dir():
+        folder, name, source = Path(model).expanduser(), str(model), (None, None, None)
+        if not folder.is_dir():
             raise LlamaError(f"No such directory: {model}; ship() sends a converted model's directory.")
-    folder = _upload_name(worker_name(name)[0], revision)
+    copy = _upload_name(worker_name(name)[0], source)
     with tempfile.TemporaryDirectory(prefix="ct2-magics-ship-") as tmp:
-        staging = Path(tmp) / folder
+        staging = Path(tmp) / copy
         staging.mkdir()
-        for f in source.iterdir():
+        for f in folder.iterdir():
             if f.is_file():  # the zip follows the links: the files themselves travel
                 (staging / f.name).symlink_to(f.resolve())
         client.register_plugin(UploadDirectory(str(staging), skip_words=(), skip=()))
-    return folder
+    return copy
 
 
 def _lazy(session: Session, items: Any, job: Any, client: Any) -> Any:

@@ -36,8 +36,8 @@ class PartitionItemError(ItemError):
 class ModelSpec:
     """What a worker loads: ship names and options, never the Generator (CTranslate2 objects cannot be pickled)."""
 
-    model: str  # "demo", a Hub repo id, or an absolute path
-    revision: str | None
+    model: str  # "demo", "smollm2", a Hub repo id, or an absolute path
+    source: tuple[str | None, str | None, str | None]  # llama.load's revision, file and quantization
     device: str
     compute_type: str
     threads: int
@@ -86,8 +86,11 @@ class ModelPlugin(WorkerPlugin):
             # several threads means that many cores for its model (its partitions take turns on it).
             session.settings.threads = self.spec.threads or (nthreads if nthreads > 1 else 0)
             session.settings.quiet = True  # notices would only reach the worker's log
-            session.load(self._model(Path(local_directory)), device=self.spec.device,
-                         compute_type=self.spec.compute_type, revision=self.spec.revision)
+            model = self._model(Path(local_directory))
+            # A shipped copy is the converted folder itself: the revision, file and quantization are spent.
+            revision, file, quantization = self.spec.source if self.spec.shipped is None else (None, None, None)
+            session.load(model, device=self.spec.device, compute_type=self.spec.compute_type, revision=revision,
+                         file=file, quantization=quantization)
         except LlamaError as e:
             self.error = str(e)
         except Exception as e:  # a broken install or a full disk must still name the worker, in one line
@@ -177,8 +180,9 @@ def answer(values: list[Any], job: Job) -> tuple[list[str | None], list[tuple[in
     if worker is None:  # the kernel's own session: its model and settings are the job's
         lock = _LOCAL_LOCK
         if session.engine is None:
+            revision, file, quantization = job.spec.source
             session.load(job.spec.model, device=job.spec.device, compute_type=job.spec.compute_type,
-                         revision=job.spec.revision)
+                         revision=revision, file=file, quantization=quantization)
     else:
         plugin = worker.plugins.get(PLUGIN)
         if plugin is None or plugin.spec != job.spec:
