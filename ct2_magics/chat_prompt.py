@@ -9,6 +9,7 @@ ordinary text. A chat with no such strings is encoded exactly as before (one pas
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 
@@ -33,6 +34,7 @@ class Encoder:
         # Longest first, as the tokenizer itself matches them.
         self._special_re = re.compile("|".join(map(re.escape, self.specials))) if self.specials else None
         self._plain: Any = None  # a copy of the fast tokenizer that reads control-token strings as text
+        self._rendered = False  # library notices come with a template's first use; later ones need no muting
 
     def render(self, messages: list[Message], add_generation_prompt: bool = True) -> str:
         """The chat template applied to `messages`; a template that fails (or trips the sandbox) is one line."""
@@ -40,10 +42,12 @@ class Encoder:
             raise LlamaError(f"{self.name} has no chat template (tokenizer_config.json or chat_template.jinja); "
                              "it is not a chat model.")
         try:
-            with quiet_libraries():
-                # transformers renders chat templates in jinja2's ImmutableSandboxedEnvironment.
+            # transformers renders chat templates in jinja2's ImmutableSandboxedEnvironment. Muting its
+            # loggers costs more than a short render (logging clears its caches), so only the first time.
+            with quiet_libraries() if not self._rendered else contextlib.nullcontext():
                 text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
                                                           tokenize=False)
+            self._rendered = True
         except Exception as e:  # jinja2's SecurityError, TemplateError, or the template's own raise_exception
             first = " ".join(str(e).split())[:200] or type(e).__name__
             raise LlamaError(f"The chat template of {self.name} failed ({type(e).__name__}: {first}); "
@@ -69,8 +73,13 @@ class Encoder:
         return ids + self._plain_encode(text[start:])
 
     def _encode(self, text: str) -> list[int]:
+        if not text:
+            return []
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # the fast tokenizer itself: no transformers notices, no logging cost
+            return list(backend.encode(text, add_special_tokens=False).ids)
         with quiet_libraries():
-            return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+            return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def _plain_encode(self, text: str) -> list[int]:
         """Encode `text` reading control-token strings as text (the pieces between the template's own tokens)."""
