@@ -74,7 +74,10 @@ def local(path: Path, file: str | None = None) -> Source:
         if file:
             raise LlamaError(f"--file picks a file inside a folder or Hub repo; {path} is already a file.")
         return Source(GGUF, path)
-    names = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() and ".cache" not in p.parts]
+    # A folder's own .cache (huggingface_hub's download bookkeeping) is not the model; the folder itself may
+    # well sit under ~/.cache.
+    inside = (p.relative_to(path) for p in path.rglob("*") if p.is_file())
+    names = [rel.as_posix() for rel in inside if ".cache" not in rel.parts]
     kind = kind_of_listing(names, file, str(path))
     if kind == GGUF:
         return Source(GGUF, path / pick_gguf(names, file, str(path)))

@@ -245,3 +245,14 @@ def test_cached_system_block_gives_the_same_scores_as_the_full_prompt(llama):
     b = [(s.token_id, s.log_prob) for s in engine.generator.generate_tokens(rest, max_length=12, sampling_topk=1, return_log_prob=True, **static)]
     assert [t for t, _ in a] == [t for t, _ in b]
     assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) < 1e-3
+
+
+def test_a_model_folder_under_a_dot_cache_directory_loads(shell, llama, demo_model, tmp_path):
+    import shutil
+
+    folder = tmp_path / ".cache" / "models" / "mine"
+    shutil.copytree(demo_model, folder)
+    (folder / ".cache").mkdir()  # huggingface_hub's own bookkeeping inside a folder is skipped
+    (folder / ".cache" / "model.bin.lock").write_text("")
+    assert run(shell, f"%llama load {folder}").success
+    assert llama.engine.model_dir == folder and run(shell, "%%llama -n 2\nhi").success
