@@ -57,6 +57,12 @@ def test_cluster(shared: Path) -> None:
     assert "replies differing from local llama.map" in out and (shared / "json" / "cluster.json").is_file()
 
 
+def test_kernel_streaming(shared: Path) -> None:
+    out = bench(shared, "kernel_streaming.py", "--model", "demo", "--tokens", "8", "--runs", "1")
+    assert "| bare |" in out and "| ours |" in out and "%%llama / bare:" in out
+    assert (shared / "json" / "kernel_streaming.json").is_file()
+
+
 def test_startup(shared: Path) -> None:
     out = bench(shared, "startup.py", "--runs", "1")
     assert "%load_ext ct2_magics:" in out and "loading an already-loaded model" in out
