@@ -85,6 +85,11 @@ class Chat:
         self._observers.append(fn)
         return lambda: self._observers.remove(fn) if fn in self._observers else None
 
+    @property
+    def observers(self) -> int:
+        """How many functions follow this chat's changes (panels, autosave): closed views must not stay."""
+        return len(self._observers)
+
     def changed(self) -> None:
         for fn in list(self._observers):
             try:

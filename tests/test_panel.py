@@ -35,7 +35,7 @@ def shown(p) -> list[tuple[str, str]]:
     """(role, visible text) of every message box, from the sanitised HTML the front end gets."""
     out = []
     for box in p.messages.children:
-        role = next(c[4:] for c in box._dom_classes if c in ("ct2-user", "ct2-assistant"))
+        role = next(c[4:] for c in box.get_state()["_dom_classes"] if c in ("ct2-user", "ct2-assistant"))
         (output,) = box.outputs
         assert output["output_type"] == "display_data" and "text/markdown" not in output["data"]
         out.append((role, html_text(output["data"]["text/html"])))
@@ -46,7 +46,7 @@ def idle(generator) -> bool:
     return generator.num_active_batches == 0 and generator.num_queued_batches == 0
 
 
-def test_send_streams_markdown_into_the_messages_and_records_the_turn(llama, panel, script_model):
+def test_send_streams_markdown_into_the_messages_and_records_the_turn(shell, llama, panel, script_model):
     llama.load(str(script_model(SCRIPT)))
     llama.settings.updates_per_second = 1000
     p = panel()
@@ -69,7 +69,7 @@ def test_send_streams_markdown_into_the_messages_and_records_the_turn(llama, pan
     tokens, rate = TOKENS.search(p.status.value).groups()
     assert int(tokens) > 10 and float(rate) > 0 and p.status.value.startswith(llama.engine.name)
     assert not p.send_button.disabled and p.stop_button.disabled and not p.undo_button.disabled
-    bundle = p._repr_mimebundle_()
+    bundle, _ = shell.display_formatter.format(p)  # what display(panel) sends
     assert "application/vnd.jupyter.widget-view+json" in bundle
 
 
@@ -137,7 +137,7 @@ def test_retry_undo_and_new_chat(llama, panel):
     assert llama.chat().turns == [] and shown(p) == []
     assert p.retry_button.disabled and p.undo_button.disabled and p.new_chat_button.disabled
     p.undo()
-    assert "empty" in p.status.value and "ct2-error" in p.status._dom_classes
+    assert "empty" in p.status.value and "ct2-error" in p.status.get_state()["_dom_classes"]
 
 
 def test_the_panel_and_the_magic_share_one_conversation(shell, llama, panel):
@@ -166,16 +166,16 @@ def test_the_panel_and_the_magic_share_one_conversation(shell, llama, panel):
 def test_several_panels_update_together_and_closing_unsubscribes(llama, panel):
     llama.load("demo")
     one, two, other = panel(), panel(), panel("other")
-    observers = len(llama.chat()._observers)
+    observers = llama.chat().observers
     one.max_tokens.value = "6"
     one.send("hi")
     assert one.wait(30)
     assert shown(two) == shown(one) and len(shown(one)) == 2 and shown(other) == []
     assert not two.undo_button.disabled
     two.close()
-    assert len(llama.chat()._observers) == observers - 1
+    assert llama.chat().observers == observers - 1
     one.root.close()  # closing the widget (e.g. from the front end) unsubscribes the panel too
-    assert len(llama.chat()._observers) == observers - 2
+    assert llama.chat().observers == observers - 2
     llama.ask("more", max_tokens=3)
     assert len(two.messages.children) == 2 and len(one.messages.children) == 2
 
@@ -214,12 +214,12 @@ def test_errors_show_one_line_and_keep_the_history(shell, llama, panel, monkeypa
     p.send()
     assert p.wait(30)
     assert "No such directory: /no/such/dir" in p.status.value and "\n" not in p.status.value
-    assert "ct2-error" in p.status._dom_classes and p.input.value == "hello?" and shown(p) == []
+    assert "ct2-error" in p.status.get_state()["_dom_classes"] and p.input.value == "hello?" and shown(p) == []
 
     llama.load("demo")
     p.max_tokens.value = "5"
     p.send()
-    assert p.wait(30) and "ct2-error" not in p.status._dom_classes and len(llama.chat().turns) == 1
+    assert p.wait(30) and "ct2-error" not in p.status.get_state()["_dom_classes"] and len(llama.chat().turns) == 1
     p.temperature.value = "warm"
     assert not p.send("bad setting")  # refused at once, as %%llama -t warm and llama.ask(temperature="warm") are
     assert p.status.value == "temperature must be a number >= 0 (0 means greedy); got 'warm'."

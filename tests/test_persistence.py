@@ -160,7 +160,7 @@ def test_unload_stops_saving(notebook, shell, llama):
     shell.run_line_magic("unload_ext", "ct2_magics")
     llama.chat().reset()
     assert len(turns(saved(notebook))) == 1
-    assert llama.chat()._observers == [] and llama.chats.on_new == []
+    assert llama.chat().observers == 0 and llama.chats.on_new == []
 
 
 def test_a_corrupt_file_is_set_aside_with_one_line(shell, tmp_path, capsys):
