@@ -39,6 +39,19 @@ _ids = _engine.prompt_ids([{{"role": "user", "content": {prompt!r}}}])
 _toks = _engine.tokenizer.convert_ids_to_tokens(_ids)
 _ends = set(_engine.tokenizer.convert_tokens_to_ids(_engine.end_tokens))
 
+def _profiled(code, top):
+    # main-thread CPU seconds of running `code` as a cell, and its top functions by own time
+    import cProfile, io, pstats
+    profile, cpu = cProfile.Profile(), time.thread_time()
+    profile.enable()
+    get_ipython().run_cell(code)
+    profile.disable()
+    cpu = time.thread_time() - cpu
+    out = io.StringIO()
+    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(top)
+    lines = [l for l in out.getvalue().splitlines() if l.strip() and l.lstrip()[:1].isdigit()]
+    print(json.dumps({{"cpu_s": cpu, "top": lines[-top:]}}))
+
 def _bare(n):
     out = []
     for step in _engine.generator.generate_tokens(_toks, max_length=n, sampling_topk=1, end_token=_engine.end_tokens):
@@ -114,6 +127,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for decoding (0: the engine's choice)")
     ap.add_argument("--model", default=None, help="a model name or path instead of the Llama 3 body")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after the runs, profile each path's main thread once and print its N costliest functions")
     args = ap.parse_args()
     what = args.model or "Llama 3 body, 128k vocabulary"
     info = header(f"%%llama in a real ipykernel vs a bare loop in the same kernel ({what})")
@@ -135,6 +150,8 @@ def main() -> None:
         if args.model is None:
             assert all(x["tokens"] == args.tokens for x in results["bare"]), "the bare loop ended early"
         assert all(x["tokens"] for res in results.values() for x in res), "a path produced no tokens"
+        profiles = {name: json.loads(kernel.run(f"_profiled({code!r}, {args.profile})")["out"].strip().splitlines()[-1])
+                    for name, code in paths.items()} if args.profile else {}
     finally:
         kernel.close()
     rate = {name: [x["tokens"] / x["s"] for x in res] for name, res in results.items()}
@@ -146,6 +163,11 @@ def main() -> None:
     print(table(rows, ["path", "tok/s (median)", "range", "iopub messages", "iopub KB"]))
     print(f"\n%%llama / bare: {ratio:.3f} (median of {args.runs} alternated runs; pairwise {min(ratios):.3f}-{max(ratios):.3f}); "
           f"target >= 0.97: {verdict(ratio >= 0.97)}")
+    for name, prof in profiles.items():
+        tokens = statistics.median(x["tokens"] for x in results[name])
+        print(f"\n{name}: main-thread CPU {prof['cpu_s']:.3f} s for ~{tokens:.0f} tokens "
+              f"({1e3 * prof['cpu_s'] / tokens:.2f} ms/token); costliest functions (ncalls tottime percall cumtime percall):")
+        print("\n".join("    " + line.strip() for line in prof["top"]))
     print(f"load at the end: {load_average()}")
     save("kernel_streaming", {"machine": info, "model": what, "tokens": args.tokens, "runs": args.runs, "threads": args.threads,
                               "rates": rate, "ratio": ratio})
