@@ -120,6 +120,8 @@ def test_reference_shape_dry_run(shared: Path) -> None:
 def test_threads(shared: Path) -> None:
     out = bench(shared, "threads.py", "--tokens", "4", "--runs", "1")
     assert "| tiny |" in out and "| bench |" in out and "1 / 2" in out
+    out = bench(shared, "threads.py", "--batch", "--tokens", "2", "--runs", "1")
+    assert "| tiny | 2 workers x 1 thread, 16 each |" in out and "vs 1 worker x 1 thread" in out
 
 
 def test_convert_cost(shared: Path, smollm2_gguf: Path) -> None:
