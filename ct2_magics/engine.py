@@ -22,8 +22,8 @@ from .quiet import quiet_libraries
 # and its float32 conversion (513 MB) 1.25x faster than 2; a 936 MB int8 model was even (0.95x).
 SMALL_MODEL_BYTES = 640 * 2**20
 # A batch on such a one-thread model runs on this many one-thread workers at most, one per core: measured on
-# 2 cores (BENCHMARKS.md, "Against llama.cpp"), 64 smollm2 prompts decoded 2.2x faster on two one-thread
-# workers than on one, and 2 threads on one worker were slower than 1 (each of its steps is too small to split).
+# 2 cores (BENCHMARKS.md, Findings H), 64 smollm2 prompts decoded 2.2x faster on two one-thread workers than
+# on one, and 2 threads on one worker were slower than 1 (each of its steps is too small to split).
 MAX_BATCH_WORKERS = 4
 # System prompts whose encoded block CTranslate2 keeps cached (static_prompt); the cache lives until unload.
 MAX_CACHED_SYSTEM_PROMPTS = 4
