@@ -4,7 +4,11 @@ Greedy, same prompts and reply length (the bench model never ends a reply early)
 Targets (issue 6): llama.generate / bare generate_batch (same batch size) >= 0.9; llama.generate /
 the ask loop >= 3x. The default batch size (LlamaSettings.batch_size) is shown too.
 
-    python benchmarks/batch.py [--prompts 32] [--tokens 32] [--runs 3]
+--mixed instead measures prompts of very different lengths (8 to ~400 tokens), sorted by length into
+batches (what llama.generate does) against the same batches in input order, same run, alternated:
+CTranslate2 runs a batch's prompts together only up to the shortest one (OpenNMT/CTranslate2#1480).
+
+    python benchmarks/batch.py [--prompts 32] [--tokens 32] [--runs 3] [--mixed]
 """
 
 from __future__ import annotations
@@ -30,12 +34,73 @@ def prompts(count: int) -> list[str]:
     return out
 
 
+def mixed_prompts(count: int) -> list[str]:
+    """Short and long prompts interleaved, as a column of notes or documents would be."""
+    filler = " Keep in mind the details of the previous paragraph and the reader's background."
+    return [f"Explain {TOPICS[i % len(TOPICS)]} to a student." + filler * ((i * 7) % 13) for i in range(count)]
+
+
+def mixed(args) -> None:
+    """Batches sorted by prompt length against the same batch size in input order."""
+    info = header("Prompts of mixed lengths: batches sorted by length vs input order")
+    from ct2_magics import llama
+    from ct2_magics.options import Sampling
+
+    llama.load(str(bench_model(BENCH)))
+    engine = llama.engine
+    texts = mixed_prompts(args.prompts)
+    ids = [engine.prompt_ids([{"role": "user", "content": t}]) for t in texts]
+    step = llama.settings.batch_size * engine.batch_workers  # what llama.generate puts in one call
+    sampling = Sampling({"temperature": 0.0, "max_tokens": args.tokens})
+    total = args.prompts * args.tokens
+    outputs = {}
+
+    def chunks(order: list[int], name: str):
+        def run() -> dict[str, float]:
+            import threading
+
+            t = time.perf_counter()
+            out: dict[int, list[int]] = {}
+            for i in range(0, len(order), step):
+                part = order[i:i + step]
+                out.update(zip(part, engine.generate_batch([ids[p] for p in part], sampling, threading.Event())))
+            seconds = time.perf_counter() - t
+            outputs[name] = [out[p] for p in range(len(ids))]
+            return {"seconds": seconds, "tok_s": total / seconds}
+        return run
+
+    def product() -> dict[str, float]:
+        t = time.perf_counter()
+        llama.generate(texts, temperature=0, max_tokens=args.tokens, progress=False)
+        seconds = time.perf_counter() - t
+        return {"seconds": seconds, "tok_s": total / seconds}
+
+    paths = {"input order": chunks(list(range(len(ids))), "input"),
+             "sorted by length": chunks(sorted(range(len(ids)), key=lambda p: len(ids[p])), "sorted"),
+             "llama.generate (sorts)": product}
+    results = alternate(paths, args.runs)
+    base = median(results["input order"], "seconds")
+    rows = [[n, f"{median(r, 'seconds'):.2f} ({spread(r, 'seconds')})", f"{median(r, 'tok_s'):.1f}",
+             f"{base / median(r, 'seconds'):.2f}x"] for n, r in results.items()]
+    lengths = sorted(len(i) for i in ids)
+    print(f"{args.prompts} prompts of {lengths[0]}-{lengths[-1]} tokens (median {lengths[len(lengths) // 2]}), "
+          f"{args.tokens}-token greedy replies, {step} prompts a call, {args.runs} alternated runs\n")
+    print(table(rows, ["batches", "seconds (range)", "reply tokens/s", "speed-up over input order"]))
+    differ = sum(a != b for a, b in zip(outputs["input"], outputs["sorted"]))
+    print(f"\nreplies that differ between the two orders: {differ} of {args.prompts}")
+    print(f"load at the end: {load_average()}")
+    save("batch_mixed", {"machine": info, "raw": results, "differ": differ, "lengths": lengths, "per_call": step})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--mixed", action="store_true", help="prompts of mixed lengths: sorted batches vs input order")
     args = ap.parse_args()
+    if args.mixed:
+        return mixed(args)
     info = header("llama.generate vs bare generate_batch vs a loop of llama.ask")
 
     from ct2_magics import llama

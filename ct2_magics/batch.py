@@ -192,7 +192,8 @@ def _run(session: Session, prompts: list[str], problems: dict[int, str], labels:
     results: list[str | None] = [None] * len(prompts)
     # Similar lengths share a batch, so little time goes on padding; results go back by position.
     order = sorted(encoded, key=lambda p: len(encoded[p]))
-    chunks = [order[i:i + size] for i in range(0, len(order), size)]
+    step = size * engine.batch_workers  # each of the engine's batch workers takes batch_size prompts
+    chunks = [order[i:i + step] for i in range(0, len(order), step)]
     bar = _progress_bar(len(order), progress if progress is not None else len(chunks) > 1, what)
     job = _Job(session, engine, sampling, bar)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +21,10 @@ from .quiet import quiet_libraries
 # split. Measured on 2 cores (BENCHMARKS.md, "Threads"): 1 thread decoded smollm2 int8 (129 MB) 1.5x
 # and its float32 conversion (513 MB) 1.25x faster than 2; a 936 MB int8 model was even (0.95x).
 SMALL_MODEL_BYTES = 640 * 2**20
+# A batch on such a one-thread model runs on this many one-thread workers at most, one per core: measured on
+# 2 cores (BENCHMARKS.md, Findings H), 64 smollm2 prompts decoded 2.2x faster on two one-thread workers than
+# on one, and 2 threads on one worker were slower than 1 (each of its steps is too small to split).
+MAX_BATCH_WORKERS = 4
 # System prompts whose encoded block CTranslate2 keeps cached (static_prompt); the cache lives until unload.
 MAX_CACHED_SYSTEM_PROMPTS = 4
 _END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<end_of_turn>")
@@ -101,12 +107,18 @@ class Engine:
         self.defaults = model_defaults(gen_config)
         self.context_length = self._context_length()
         make_room()
-        if threads == 0 and self.device == "cpu" and (self.model_dir / "model.bin").stat().st_size < SMALL_MODEL_BYTES:
-            threads = 1
+        small = threads == 0 and self.device == "cpu" and (self.model_dir / "model.bin").stat().st_size < SMALL_MODEL_BYTES
+        threads = 1 if small else threads
         if self.device == "cpu":
             threads, notice = openmp_safe_threads(threads)
             self.notices += [notice] if notice else []
         self.threads = threads  # 0: CTranslate2's default (OMP_NUM_THREADS or min(4, cores))
+        # Batches of a model ct2-magics put on one thread run on one one-thread worker per core, in a Generator of
+        # their own (made at the first batch): one Generator's workers each keep their own static-prompt cache, so
+        # the streaming Generator keeps one worker and its cache hits.
+        self.batch_workers = min(MAX_BATCH_WORKERS, _cores()) if small and threads == 1 else 1
+        self._compute_type = chosen
+        self._batcher: Any = None
         try:
             self.generator = ctranslate2.Generator(
                 str(self.model_dir), device=self.device, compute_type=chosen, intra_threads=threads
@@ -228,12 +240,24 @@ class Engine:
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Wait until the decoder has really finished its last step (the next request must not queue behind it)."""
         deadline = time.perf_counter() + timeout
-        g = self.generator
-        while g is not None and (g.num_active_batches or g.num_queued_batches):
-            if time.perf_counter() > deadline:
-                return False
-            time.sleep(0.0005)
+        for g in (self.generator, self._batcher):
+            while g is not None and (g.num_active_batches or g.num_queued_batches):
+                if time.perf_counter() > deadline:
+                    return False
+                time.sleep(0.0005)
         return True
+
+    def _batch_generator(self) -> Any:
+        """The Generator batches run on: the streaming one, or (batch_workers > 1) one with a one-thread worker per core."""
+        if self.batch_workers > 1 and self._batcher is None:
+            import ctranslate2
+
+            try:
+                self._batcher = ctranslate2.Generator(str(self.model_dir), device=self.device, intra_threads=1,
+                                                      compute_type=self._compute_type, inter_threads=self.batch_workers)
+            except (RuntimeError, ValueError, OSError):  # e.g. model.bin deleted since the load: use the loaded one
+                self.batch_workers = 1
+        return self._batcher or self.generator
 
     def generate_batch(self, prompts: list[list[int]], sampling: Sampling, stop: threading.Event) -> list[list[int]]:
         """Reply token ids for independent prompts, decoded together, in input order; `stop` ends them within a step."""
@@ -242,8 +266,11 @@ class Engine:
         if sampling.seed is not None:
             ctranslate2.set_random_seed(sampling.seed)
         tokens, static = self._ct2_prompts(prompts)
-        results = self.generator.generate_batch(
-            tokens, max_batch_size=len(tokens), end_token=self.end_tokens, include_prompt_in_result=False,
+        # One batch per worker; CTranslate2 runs them at once and returns the results in input order. Should the
+        # workers fail to load, the same batches take turns on the loaded Generator (same batches, same replies).
+        per_batch = math.ceil(len(tokens) / self.batch_workers)
+        results = self._batch_generator().generate_batch(
+            tokens, max_batch_size=per_batch, end_token=self.end_tokens, include_prompt_in_result=False,
             callback=lambda _step: stop.is_set(), **static, **sampling.to_ct2(self.vocabulary_size),
         )
         end_ids = set(self.tokenizer.convert_tokens_to_ids(self.end_tokens))
@@ -257,9 +284,19 @@ class Engine:
         """Free the model's memory."""
         self.wait_idle()
         generator, self.generator = self.generator, None
-        if generator is not None:
-            generator.unload_model()
-        del generator
+        batcher, self._batcher = self._batcher, None
+        for g in (generator, batcher):
+            if g is not None:
+                g.unload_model()
+        del generator, batcher
+
+
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def load_tokenizer(model_dir: Path) -> Any:

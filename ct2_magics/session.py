@@ -151,6 +151,8 @@ class Session:
             "path": None if e is None else str(e.model_dir),
             "device": None if e is None else e.device,
             "compute_type": None if e is None else e.compute_type,
+            "threads": None if e is None else e.threads,
+            "batch_workers": None if e is None else e.batch_workers,
             "context_length": None if e is None else min(e.context_length, self.settings.max_context),
             "chats": {c.name: len(c.turns) for c in self.chats},
         }

@@ -54,7 +54,7 @@ class LlamaSettings(Configurable):
     # The sampling options, one trait each, from the one table in options.py.
     vars().update({o.name: OptionTrait(o) for o in OPTIONS})
     max_context = CInt(8192, help="Most prompt+reply tokens; older turns are left out to fit.").tag(config=True)
-    batch_size = CInt(16, help="Prompts decoded together by llama.generate and llama.map.").tag(config=True)
+    batch_size = CInt(16, help="Prompts decoded together (by each batch worker) in llama.generate and llama.map.").tag(config=True)
     updates_per_second = CFloat(15.0, help="Most display updates per second while streaming.").tag(config=True)
     render = Enum(["auto", "markdown", "text"], "auto", help="How replies show in a cell.").tag(config=True)
     remote_images = Bool(False, help="Load images a reply links to from other sites. Off: they show as a link, since "

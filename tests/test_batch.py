@@ -61,6 +61,23 @@ def test_batch_size_does_not_change_greedy_output(llama, continuation_model, siz
     assert llama.generate(prompts, temperature=0, max_tokens=8, batch_size=size) == reference
 
 
+def test_small_cpu_models_batch_on_a_one_thread_worker_per_core(llama, continuation_model):
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    llama.load(str(continuation_model))
+    status = llama.status()
+    assert status["threads"] == 1 and status["batch_workers"] == min(4, cores)
+    prompts = [f"Once upon a time the {w}" if i % 2 else w for i, w in enumerate(WORDS * 2)]
+    workers = llama.generate(prompts, temperature=0, max_tokens=8, batch_size=3)
+    llama.unload()
+    llama.settings.threads = 1  # asked for: one Generator, one worker, as before
+    llama.load(str(continuation_model))
+    assert llama.status()["batch_workers"] == 1
+    assert llama.generate(prompts, temperature=0, max_tokens=8, batch_size=3) == workers
+    assert workers == [llama.ask(p, once=True, temperature=0, max_tokens=8) for p in prompts]
+
+
 def test_batch_size_setting_is_a_traitlet(llama):
     from ct2_magics.settings import LlamaSettings
 

@@ -49,6 +49,35 @@ def test_batch(shared: Path) -> None:
     assert "llama.generate / bare generate_batch" in out and "llama.generate / loop of llama.ask" in out
 
 
+def test_batch_mixed(shared: Path) -> None:
+    out = bench(shared, "batch.py", "--mixed", "--prompts", "4", "--tokens", "3", "--runs", "1")
+    assert "| input order |" in out and "| sorted by length |" in out and "replies that differ between the two orders" in out
+
+
+def test_vs_llamacpp(shared: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    from ct2_magics import smollm2
+
+    if smollm2.bundled_gguf() is None:
+        pytest.skip(f"needs the SmolLM2 GGUF ({smollm2.INSTALL})")
+    out = bench(shared, "vs_llamacpp.py", "--tiny", timeout=600)
+    assert "| ct2-magics 1 thread |" in out and "| llama.cpp 2 threads |" in out
+    assert "| llama.cpp batched decoding, 2 threads |" in out and "greedy replies identical" in out
+    assert "| 1 |" in out and "| 2 |" in out and (shared / "json" / "vs_llamacpp.json").is_file()
+
+
+def test_vs_llamacpp_without_llama_cpp_says_how_to_install(shared: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "llama_cpp.py").write_text("raise ImportError('not here')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vs_llamacpp.py"), "--tiny"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1 and "CMAKE_ARGS" in lines[0] and "GGML_AMX_INT8=OFF" in lines[0] and "build-essential" in lines[0]
+
+
 def test_cluster(shared: Path) -> None:
     pytest.importorskip("distributed")
     pytest.importorskip("dask.dataframe")
@@ -91,6 +120,8 @@ def test_reference_shape_dry_run(shared: Path) -> None:
 def test_threads(shared: Path) -> None:
     out = bench(shared, "threads.py", "--tokens", "4", "--runs", "1")
     assert "| tiny |" in out and "| bench |" in out and "1 / 2" in out
+    out = bench(shared, "threads.py", "--batch", "--tokens", "2", "--runs", "1")
+    assert "| tiny | 2 workers x 1 thread, 16 each |" in out and "vs 1 worker x 1 thread" in out
 
 
 def test_convert_cost(shared: Path, smollm2_gguf: Path) -> None:
