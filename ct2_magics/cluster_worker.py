@@ -82,9 +82,9 @@ class ModelPlugin(WorkerPlugin):
         try:
             session = get_session()
             _apply(session, self.settings)
-            # Dask's nanny sets OMP_NUM_THREADS=1, so CTranslate2 would decode on one thread: a worker given
-            # several threads means that many cores for its model (its partitions take turns on it).
-            session.settings.threads = self.spec.threads or (nthreads if nthreads > 1 else 0)
+            # A worker's threads are the cores it may use: its model decodes on that many (Dask's nanny sets
+            # OMP_NUM_THREADS=1 otherwise), and a one-thread worker gets no extra batch workers of its own.
+            session.settings.threads = self.spec.threads or nthreads
             session.settings.quiet = True  # notices would only reach the worker's log
             model = self._model(Path(local_directory))
             # A shipped copy is the converted folder itself: the revision, file and quantization are spent.
