@@ -121,9 +121,19 @@ def main() -> None:
             return {"seconds": seconds, "tok_s": total / seconds}
         return run
 
+    # The bare baseline decodes as llama.generate does: on as many one-thread workers as the engine gives its
+    # batches (status()["batch_workers"]; more than 1 for a small CPU model), each taking its share of the prompts.
+    import ctranslate2
+
+    workers = llama.status()["batch_workers"]
+    generator = engine.generator if workers == 1 else ctranslate2.Generator(
+        str(engine.model_dir), device=engine.device, compute_type=engine.compute_type, intra_threads=1,
+        inter_threads=workers)
+    print(f"batch workers: {workers} (the bare baseline uses as many)\n")
+
     def bare():
-        results = engine.generator.generate_batch(tokens, max_batch_size=size, max_length=args.tokens, sampling_topk=1,
-                                                  end_token=engine.end_tokens, include_prompt_in_result=False)
+        results = generator.generate_batch(tokens, max_batch_size=-(-size // workers), max_length=args.tokens,
+                                           sampling_topk=1, end_token=engine.end_tokens, include_prompt_in_result=False)
         return [engine.tokenizer.decode(r.sequences_ids[0], skip_special_tokens=True) for r in results]
 
     paths = {
