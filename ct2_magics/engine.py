@@ -15,6 +15,7 @@ from .device import choose_compute_type, choose_device, openmp_safe_threads
 from .errors import LlamaError
 from .modelfile import check_llama3_rope, read_json, read_vocabulary, remote_code, saved_compute_type
 from .options import Sampling, model_defaults
+from .prefix_cache import EXACT_ROWS, SPLIT_MIN_TOKENS, PrefixCache, give_memory_back, kv_bytes_per_token
 from .quiet import quiet_libraries
 
 # Below this size of model.bin, CPU decoding runs on one thread: such a model's steps are too small to
@@ -25,7 +26,7 @@ SMALL_MODEL_BYTES = 640 * 2**20
 # 2 cores (BENCHMARKS.md, Findings H), 64 smollm2 prompts decoded 2.2x faster on two one-thread workers than
 # on one, and 2 threads on one worker were slower than 1 (each of its steps is too small to split).
 MAX_BATCH_WORKERS = 4
-# System prompts whose encoded block CTranslate2 keeps cached (static_prompt); the cache lives until unload.
+# System prompts whose encoded block may go to CTranslate2 as a cached static_prompt (within the cache's budget).
 MAX_CACHED_SYSTEM_PROMPTS = 4
 _END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<end_of_turn>")
 # A short chat that every model must be able to template, encode and feed to its CTranslate2 vocabulary.
@@ -41,6 +42,7 @@ class Stats:
     reply_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
     first_token_s: float | None = None
+    cached_tokens: int = 0  # prompt tokens whose K/V came from CTranslate2's static-prompt cache
     elapsed_s: float = 0.0
     finish: str = "running"  # stop | length | interrupted
 
@@ -81,8 +83,11 @@ class Engine:
     """One loaded model: a ctranslate2.Generator, its tokenizer, end tokens and generation defaults."""
 
     def __init__(self, model_dir: Path, *, name: str, device: str = "auto", compute_type: str = "auto", threads: int = 0,
-                 make_room: Callable[[], None] = lambda: None) -> None:
-        """Check everything cheap first, then call make_room() (free the old model), then load the weights."""
+                 cache_limit: int = 0, make_room: Callable[[], None] = lambda: None) -> None:
+        """Check everything cheap first, then call make_room() (free the old model), then load the weights.
+
+        cache_limit: bytes CTranslate2's static-prompt cache may hold (system blocks, prefilled chats); 0: none.
+        """
         import ctranslate2
 
         self.name = name
@@ -96,6 +101,7 @@ class Engine:
         self.encoder = Encoder(self.tokenizer, name)
         self._system_blocks: dict[str, list[int]] = {}
         self._last_prompt: tuple[Any, list[int]] | None = None  # (template and messages, their ids)
+        self._turn_prefixes: dict[Any, list[int]] = {}  # (template and history) -> Engine.turn_prefix
         # Everything a request needs is checked before the loaded model is freed: one that fails here costs nothing.
         vocabulary = read_vocabulary(self.model_dir)
         if not vocabulary:
@@ -127,6 +133,7 @@ class Engine:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise LlamaError(f"Could not load {self.model_dir}/model.bin ({first}); download or convert it again.") from None
         self.compute_type = self.generator.compute_type
+        self.prefixes = PrefixCache(kv_bytes_per_token(self.model_dir, self.compute_type), cache_limit)
 
     def _end_tokens(self, gen_config: dict, vocabulary: set[str]) -> list[str]:
         """The tokens that end a reply; only those CTranslate2's vocabulary has (it refuses others at every request)."""
@@ -172,29 +179,85 @@ class Engine:
         """Let prompts that start with this system prompt's block reuse its cached encoding (a few at most)."""
         if not system or system in self._system_blocks or len(self._system_blocks) >= MAX_CACHED_SYSTEM_PROMPTS:
             return
-        self._system_blocks[system] = self.encoder.encode([{"role": "system", "content": system}], add_generation_prompt=False)
+        block = self.encoder.encode([{"role": "system", "content": system}], add_generation_prompt=False)
+        self._system_blocks[system] = block[:-EXACT_ROWS]  # see EXACT_ROWS: the rest keeps its last rows
 
     def _static_split(self, prompts: list[list[int]]) -> int:
-        """Length of a registered system block that begins every prompt (0 when none does)."""
-        for block in self._system_blocks.values():
-            n = len(block)
-            if n and all(len(p) > n and p[:n] == block for p in prompts):
-                return n
-        return 0
+        """Length of the held prefix (or registered system block) every prompt begins with; 0 when none."""
+        return self.prefixes.split(prompts, self._system_blocks.values())
 
     def _ct2_prompts(self, prompts: list[list[int]]) -> tuple[list[list[str]], dict[str, Any]]:
-        """Token strings for CTranslate2, with a shared system block split off as its cached static prompt."""
+        """Token strings for CTranslate2, with a shared cached prefix (PrefixCache.split) as its static prompt.
+
+        A prefilled chat, an earlier turn's own prefix or a system block: replies are the same whichever it is.
+        """
         n = self._static_split(prompts)
         tokens = [self.tokenizer.convert_ids_to_tokens(p[n:]) for p in prompts]
         if not n:
             return tokens, {}
         return tokens, {"static_prompt": self.tokenizer.convert_ids_to_tokens(prompts[0][:n]), "cache_static_prompt": True}
 
+    def turn_prefix(self, history: list[dict[str, str]]) -> list[int]:
+        """The ids every prompt that adds one user message to `history` begins with, less the last EXACT_ROWS.
+
+        Found as what two prompts share whose new messages differ from their first byte, so it holds the
+        next user header as the template and tokenizer write it. The last few are kept (a prefill, then
+        the request that uses it, ask for the same history).
+        """
+        key = (getattr(self.tokenizer, "chat_template", None), tuple((m["role"], m["content"]) for m in history))
+        if key not in self._turn_prefixes:
+            probe = self.encoder.encode(history + [{"role": "user", "content": "\ue000"}])
+            other = self.encoder.encode(history + [{"role": "user", "content": "\U00010000"}])
+            n = next((i for i, (x, y) in enumerate(zip(probe, other)) if x != y), min(len(probe), len(other)))
+            while len(self._turn_prefixes) >= 4:
+                self._turn_prefixes.pop(next(iter(self._turn_prefixes)))
+            self._turn_prefixes[key] = probe[:n - EXACT_ROWS] if n >= 2 * EXACT_ROWS else []
+        return list(self._turn_prefixes[key])
+
+    def chat_split(self, history: list[dict[str, str]], prompt_ids: list[int]) -> int:
+        """Where a prompt (history + one new user message) is cut into CTranslate2's static prompt and the rest.
+
+        At its turn prefix when that has SPLIT_MIN_TOKENS or more, whether it is cached or not, so the reply
+        does not depend on what the cache holds; else 0 (Engine.stream then uses a cached system block).
+        """
+        if len(prompt_ids) < SPLIT_MIN_TOKENS + EXACT_ROWS:
+            return 0  # too short for any turn prefix to qualify: no need to template the probes
+        prefix = self.turn_prefix(history)
+        n = len(prefix)
+        ok = n >= SPLIT_MIN_TOKENS and len(prompt_ids) - n > EXACT_ROWS and prompt_ids[:n] == prefix
+        return n if ok else 0
+
+    def prefill(self, prefix: list[int], waiting: Callable[[], bool] = lambda: False) -> str:
+        """Put `prefix` into CTranslate2's static-prompt cache (the caller holds the model); see PrefixCache.prefill."""
+        if self.generator is None:
+            return "off"
+        self.wait_idle()
+        return self.prefixes.prefill(self.generator, prefix, self.tokenizer.convert_ids_to_tokens(prefix), waiting)
+
+    def reload(self) -> None:
+        """Load the weights again after unload_model() (a failed replacement): CTranslate2's cache is empty then."""
+        if self.generator is not None:
+            self.generator.load_model()
+            self.prefixes.forget()
+
+    def clear_cache(self, *, over_budget: bool = False) -> None:
+        """Empty CTranslate2's static-prompt cache (unload and load the model; the caller holds it).
+
+        over_budget: only if it holds more than its budget (which a lower prefix_cache_mb can make it).
+        """
+        if self.generator is not None and (not over_budget or self.prefixes.used > self.prefixes.limit):
+            self.wait_idle()
+            self.prefixes.clear(self.generator)
+
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(self.prompt_ids(messages))
 
-    def stream(self, prompt_ids: list[int], sampling: Sampling, stats: Stats, stop: threading.Event) -> Iterator[str]:
+    def stream(self, prompt_ids: list[int], sampling: Sampling, stats: Stats, stop: threading.Event, *,
+               split: int = 0) -> Iterator[str]:
         """Yield text pieces of the reply; setting `stop` (or closing this iterator) ends decoding within a step.
+
+        split: send the first `split` ids as CTranslate2's static prompt (Engine.chat_split), read from its
+        cache when a prefill put them there; 0: a registered system block, if one begins the prompt.
 
         The caller holds the model (ModelOwner.turn), which waits for the decoder to go idle before the next use.
         """
@@ -203,7 +266,15 @@ class Engine:
         stats.prompt_tokens = len(prompt_ids)
         stats.started = time.perf_counter()
         decoder = IncrementalDecoder(self.tokenizer)
-        (tokens,), static = self._ct2_prompts([prompt_ids])
+        if split:
+            tokens = [self.tokenizer.convert_ids_to_tokens(prompt_ids[split:])]
+            static = {"static_prompt": self.tokenizer.convert_ids_to_tokens(prompt_ids[:split]),
+                      "cache_static_prompt": self.prefixes.enabled and self.prefixes.holds(prompt_ids[:split])}
+        else:
+            tokens, static = self._ct2_prompts([prompt_ids])
+        prefix = prompt_ids[:len(static.get("static_prompt", ()))]
+        stats.cached_tokens = len(prefix) if prefix and self.prefixes.ready(prefix) else 0
+        (tokens,) = tokens
         if sampling.seed is not None:
             # CTranslate2 seeds each worker thread once, at its first sample (OpenNMT/CTranslate2#1757),
             # so this makes sampling reproducible only on a freshly loaded model.
@@ -216,6 +287,9 @@ class Engine:
         )
         try:
             for step in steps:
+                if prefix and static["cache_static_prompt"]:
+                    self.prefixes.mark_ready(prefix)  # CTranslate2 has computed and kept it by its first step
+                    prefix = []
                 if step.token in self.end_tokens:
                     stats.finish = "stop"
                     break
@@ -273,6 +347,8 @@ class Engine:
             tokens, max_batch_size=per_batch, end_token=self.end_tokens, include_prompt_in_result=False,
             callback=lambda _step: stop.is_set(), **static, **sampling.to_ct2(self.vocabulary_size),
         )
+        if static:
+            self.prefixes.mark_ready(prompts[0][:len(static["static_prompt"])])
         end_ids = set(self.tokenizer.convert_tokens_to_ids(self.end_tokens))
         return [[i for i in r.sequences_ids[0] if i not in end_ids] for r in results]
 
@@ -289,6 +365,7 @@ class Engine:
             if g is not None:
                 g.unload_model()
         del generator, batcher
+        give_memory_back()
 
 
 def _cores() -> int:

@@ -1,4 +1,5 @@
-"""The one owner of the loaded model: whose turn it is, stopping every use, and loading, unloading or replacing it."""
+"""The one owner of the loaded model: whose turn it is, stopping every use, loading, unloading or replacing it,
+and the work it does in idle time (prefilling the next turn) at the lowest priority."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 # request waits, is taken to be abandoned (a loop left with `break`, an iterator kept in a variable).
 ABANDONED_AFTER_S = 2.0
 UNLOADED = "No model is loaded (it was unloaded while this request waited); load one with %llama load MODEL."
+IdleJob = Callable[["Engine", Callable[[], bool]], None]  # job(engine, waiting): waiting() tells a request waits
 
 
 class Stopped(Exception):
@@ -42,11 +44,37 @@ class ModelOwner:
         self._holder: Use | None = None
         self._uses: set[Use] = set()  # holding or waiting
         self._swapping = False
+        self._idle = Use()  # the holder while an idle job runs; never in _uses
+        self._idle_job: tuple[IdleJob, float] | None = None  # the newest job, and how long the model must be idle first
+        self._idle_since = time.monotonic()  # when the model was last handed back
+        self._worker: threading.Thread | None = None
+        self.on_idle_error: Callable[[BaseException], None] = lambda error: None
 
     @property
     def busy(self) -> bool:
-        """Whether a use holds the model now."""
-        return self._holder is not None
+        """Whether a request holds the model now (idle-time work does not count)."""
+        holder = self._holder
+        return holder is not None and holder is not self._idle
+
+    def when_idle(self, job: IdleJob, after: float = 0.0) -> None:
+        """Run job(engine, waiting) on the owner's worker thread once the model has been idle `after` seconds.
+
+        Lowest priority: it never starts while a request holds or waits for the model, and a request that
+        comes while it runs waits for it to end (so it must be one bounded step; waiting() says when to stop
+        before the next one). A newer job replaces one that has not started.
+        """
+        with self._cond:
+            self._idle_job = (job, after)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="ct2-magics idle work", daemon=True)
+                self._worker.start()
+            self._cond.notify_all()
+
+    @property
+    def idle_pending(self) -> bool:
+        """Whether an idle job waits to start (once the model has been idle long enough) or runs now."""
+        with self._cond:
+            return self._idle_job is not None or self._holder is self._idle
 
     @contextlib.contextmanager
     def turn(self, use: Use, on_waiting: Callable[[bool], None] = lambda waiting: None) -> Iterator[Engine]:
@@ -161,6 +189,7 @@ class ModelOwner:
         with self._cond:
             if self._holder is victim:
                 self._holder = None
+                self._idle_since = time.monotonic()
                 self._cond.notify_all()
         victim.on_lost()
 
@@ -173,7 +202,29 @@ class ModelOwner:
             with self._cond:
                 if self._holder is use:
                     self._holder = None
+                    self._idle_since = time.monotonic()
                     self._cond.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._idle_job is None or self.engine is None:
+                        self._idle_job, self._worker = None, None
+                        return
+                    job, after = self._idle_job
+                    due = self._idle_since + after
+                    free = self._holder is None and not self._uses and not self._swapping
+                    if free and time.monotonic() >= due:
+                        self._idle_job, self._holder, engine = None, self._idle, self.engine
+                        break
+                    self._cond.wait(max(0.005, due - time.monotonic()) if free else 0.05)
+            try:
+                job(engine, lambda: bool(self._uses))
+            except BaseException as error:  # idle work must never take the worker down silently
+                self.on_idle_error(error)
+            finally:
+                self._release(self._idle)
 
     def _wait_idle(self) -> None:
         engine = self.engine
@@ -213,7 +264,7 @@ class ModelOwner:
     def _restore(self, old: Engine | None, freed: bool) -> None:
         try:
             if freed and old is not None and old.generator is not None:
-                old.generator.load_model()
+                old.reload()
         except Exception:  # the old weights no longer fit: nothing is loaded, and the load's own error is shown
             with self._cond:
                 self.engine = None

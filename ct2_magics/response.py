@@ -11,6 +11,7 @@ from .conversation import Chat, Chats, Turn, chat_name, fit_to_context
 from .errors import LlamaError, check_text
 from .options import Sampling, check_options, resolve
 from .owner import ModelOwner, Stopped, Use
+from .prefill import schedule
 
 if TYPE_CHECKING:
     from .engine import Engine, Stats
@@ -80,6 +81,7 @@ class Response:
         self.engine: Engine | None = None
         self.sampling: Sampling | None = None
         self.prompt_ids: list[int] | None = None
+        self._history: list[dict[str, str]] = []  # the prompt's messages before the new one
         self.on_waiting: Callable[[bool], None] = lambda waiting: None  # told while another request holds the model
         self.on_start: Callable[[], None] = lambda: None  # told when the prompt is ready and decoding begins
         self._stop = threading.Event()
@@ -115,7 +117,8 @@ class Response:
             self.session.ensure_engine()  # loads the default model when none is loaded
             with owner.turn(use, self.on_waiting) as engine:
                 self._begin(engine)
-                stream = engine.stream(self.prompt_ids, self.sampling, self.stats, self._stop)
+                stream = engine.stream(self.prompt_ids, self.sampling, self.stats, self._stop,
+                                       split=engine.chat_split(self._history, self.prompt_ids))
                 try:
                     for piece in stream:
                         self.text += piece
@@ -164,6 +167,7 @@ class Response:
         if messages[0]["role"] == "system":
             engine.register_system(messages[0]["content"])
         self.prompt_ids = engine.prompt_ids(messages)
+        self._history = messages[:-1]  # where the prompt is split (Engine.chat_split)
         # Only now, with every check passed, change the chat: a bad request never costs its history.
         if chat is not None and req.new:
             chat.reset()
@@ -180,6 +184,8 @@ class Response:
         if started and not self.request.once:
             self.turn = Turn(self.request.prompt, self.text, status=status, cell_id=self.request.cell_id)
             self.session.chats.get(self.request.chat).record(self.turn)
+            if status == "complete":  # a stopped reply is often undone or asked again: no prefill after it
+                schedule(self.session, self.request.chat)  # read the chat so far into the cache while the user reads
 
     # -- ending -----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -229,6 +235,7 @@ class Response:
             "settings": None if self.sampling is None else self.sampling.as_dict(),
             "prompt_tokens": s.prompt_tokens,
             "reply_tokens": s.reply_tokens,
+            "cached_prompt_tokens": s.cached_tokens,
             "time_to_first_token_s": None if s.first_token_s is None else round(s.first_token_s, 4),
             "tokens_per_s": round(s.tokens_per_s, 2),
             "status": self.status,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .conversation import Chat, Chats, Turn, transcript
 from .errors import LlamaError
 from .owner import ModelOwner
+from .prefill import watch
 from .response import Request, Response
 from .settings import LlamaSettings
 
@@ -33,6 +34,9 @@ class Session:
         self._load_lock = threading.RLock()
         self.last_errors: list[Any] = []  # per-item failures of the last generate/map
         self.notify: Callable[[str], None] = lambda line: None  # one-line notices; the magics set a printer
+        self.idle_error: str | None = None  # why the last idle-time prefill failed, for status()
+        self.owner.on_idle_error = lambda e: setattr(self, "idle_error", f"{type(e).__name__}: {e}")
+        watch(self)  # a lower prefix_cache_mb empties the cache in idle time
 
     # -- model --------------------------------------------------------------------------------
     @property
@@ -70,8 +74,8 @@ class Session:
                                compute_type=compute_type, notify=(lambda line: None) if self.settings.quiet else self.notify)
 
             def build(make_room: Callable[[], None]) -> Engine:
-                return Engine(path, name=model, device=device, compute_type=compute_type,
-                              threads=self.settings.threads, make_room=make_room)
+                return Engine(path, name=model, device=device, compute_type=compute_type, threads=self.settings.threads,
+                              cache_limit=self.settings.prefix_cache_mb * 2**20, make_room=make_room)
 
             engine = self.owner.replace(build)
             engine.source = source
@@ -155,6 +159,8 @@ class Session:
             "batch_workers": None if e is None else e.batch_workers,
             "context_length": None if e is None else min(e.context_length, self.settings.max_context),
             "chats": {c.name: len(c.turns) for c in self.chats},
+            "prompt_cache": None if e is None else {**e.prefixes.summary(), "pending": self.owner.idle_pending,
+                                                    "error": self.idle_error},
         }
 
     def __repr__(self) -> str:

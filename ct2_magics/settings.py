@@ -39,7 +39,8 @@ class OptionTrait(TraitType):
 
 
 # Whole numbers the settings take: (smallest, largest).
-_COUNTS = {"threads": (0, 1024), "max_context": (16, 2**31 - 1), "batch_size": (1, 2**31 - 1)}
+_COUNTS = {"threads": (0, 1024), "max_context": (16, 2**31 - 1), "batch_size": (1, 2**31 - 1),
+           "prefix_cache_mb": (0, 2**31 - 1)}
 
 
 class LlamaSettings(Configurable):
@@ -55,6 +56,10 @@ class LlamaSettings(Configurable):
     vars().update({o.name: OptionTrait(o) for o in OPTIONS})
     max_context = CInt(8192, help="Most prompt+reply tokens; older turns are left out to fit.").tag(config=True)
     batch_size = CInt(16, help="Prompts decoded together (by each batch worker) in llama.generate and llama.map.").tag(config=True)
+    prefill = Bool(True, help="After a reply, while you read, prefill the chat so far into CTranslate2's cache, so the "
+                   "next turn costs only its new tokens.").tag(config=True)
+    prefix_cache_mb = CInt(1024, help="Memory (MB) CTranslate2 may keep for cached prompt prefixes (prefilled chats, "
+                           "system prompts); emptied in idle time when full; 0: cache none.").tag(config=True)
     updates_per_second = CFloat(15.0, help="Most display updates per second while streaming.").tag(config=True)
     render = Enum(["auto", "markdown", "text"], "auto", help="How replies show in a cell.").tag(config=True)
     remote_images = Bool(False, help="Load images a reply links to from other sites. Off: they show as a link, since "

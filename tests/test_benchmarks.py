@@ -98,8 +98,10 @@ def test_startup(shared: Path) -> None:
 
 
 def test_long_chat(shared: Path) -> None:
-    out = bench(shared, "long_chat.py", "--turns", "2", "--checkpoints", "1,2", "--reps", "1", "--reply", "4")
-    assert "| 1 |" in out and "| 2 |" in out and "system prompt:" in out
+    out = bench(shared, "long_chat.py", "--models", "bench", "--turns", "2", "--checkpoints", "1,2", "--reps", "1",
+                "--reply", "4")
+    assert "| 1 |" in out and "| 2 |" in out and "fast typist ms" in out and "no pause / today" in out
+    assert "pause path (cache hit) == the same prompt uncached through bare CTranslate2: 2/2" in out
 
 
 @pytest.mark.torch

@@ -222,7 +222,10 @@ def test_terminal_shell_prints_plain_text(ipython, demo_model, capfd):
 
 def test_a_system_prompt_is_cached_and_changes_nothing(shell, llama, demo_model):
     shell.run_line_magic("llama", "load demo")
-    system, prompt = "You are a careful statistician who answers briefly.", "What is a p-value?"
+    # Long enough to be split off: a cached prefix has at least EXACT_ROWS tokens and leaves the last EXACT_ROWS.
+    system = ("You are a careful statistician who answers briefly, names the test you would use, states its "
+              "assumptions, and warns about small samples, outliers and multiple comparisons.")
+    prompt = "What is a p-value?"
     assert run(shell, f'%%llama -s "{system}" -t 0 -n 40\n{prompt}').success
     messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
     assert llama.history()[-1]["content"] == reference_greedy(demo_model, messages, 40)
@@ -235,8 +238,9 @@ def test_a_system_prompt_is_cached_and_changes_nothing(shell, llama, demo_model)
 def test_cached_system_block_gives_the_same_scores_as_the_full_prompt(llama):
     llama.load("demo")
     engine = llama.engine
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about tea."}]
-    engine.register_system("Be brief.")
+    system = "Be brief. Answer in one sentence, name one source, and say how sure you are, from one to five."
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Tell me about tea."}]
+    engine.register_system(system)
     ids = engine.prompt_ids(messages)
     (rest,), static = engine._ct2_prompts([ids])
     assert static and len(rest) < len(ids)

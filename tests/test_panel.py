@@ -227,7 +227,7 @@ def test_errors_show_one_line_and_keep_the_history(shell, llama, panel, monkeypa
     assert [t.user for t in llama.chat().turns] == ["hello?"] and len(shown(p)) == 2
     p.temperature.value = ""
 
-    def broken(prompt_ids, sampling, stats, stop):
+    def broken(prompt_ids, sampling, stats, stop, **where):
         yield "partial "
         raise RuntimeError("the decoder failed\nwith a long story")
 
