@@ -229,8 +229,11 @@ def test_a_system_prompt_is_cached_and_changes_nothing(shell, llama, demo_model)
     assert run(shell, f'%%llama -s "{system}" -t 0 -n 40\n{prompt}').success
     messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
     assert llama.history()[-1]["content"] == reference_greedy(demo_model, messages, 40)
-    ids = llama.engine.prompt_ids(messages)
-    assert 0 < llama.engine._static_split([ids]) < len(ids)  # the system block went as a cached static prompt
+    shell.display_pub.outputs.clear()
+    assert run(shell, f'%%llama -s "{system}" -t 0 -n 40 --once\n{prompt}').success  # the same prompt again
+    meta = shell.display_pub.outputs[-1]["metadata"]["ct2_magics"]
+    assert 0 < meta["cached_prompt_tokens"] < meta["prompt_tokens"]  # its system block came from the cache
+    assert shell.display_pub.outputs[-1]["data"]["text/plain"] == llama.history()[-1]["content"]  # same reply
     batch = llama.generate([prompt, prompt + " Twice."], system=system, temperature=0, max_tokens=40)
     assert batch[0] == llama.history()[-1]["content"]
 
