@@ -44,7 +44,7 @@ def mixed(args) -> None:
     """Batches sorted by prompt length against the same batch size in input order."""
     info = header("Prompts of mixed lengths: batches sorted by length vs input order")
     from ct2_magics import llama
-    from ct2_magics.options import Sampling
+    from ct2_magics.core.options import Sampling
 
     llama.load(str(bench_model(BENCH)))
     engine = llama.engine

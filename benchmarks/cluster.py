@@ -88,7 +88,7 @@ CHILD = """
 import os, sys, time
 sys.path.insert(0, {root!r})
 if {fix!r}:
-    from ct2_magics.cluster_worker import _malloc_for_decoding
+    from ct2_magics.cluster.worker import _malloc_for_decoding
     _malloc_for_decoding()
 from ct2_magics import llama
 llama.settings.threads = 1

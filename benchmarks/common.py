@@ -34,7 +34,7 @@ def cache_root() -> Path:
 
 def bench_model(shape: dict[str, int] | None = None, name: str | None = None) -> Path:
     """Build (once, atomically) a demo-style int8 model of `shape` that never ends a reply; return its directory."""
-    from ct2_magics.demo import MODEL_FILES, build_model
+    from ct2_magics.models.demo import MODEL_FILES, build_model
 
     shape = dict(BENCH if shape is None else shape)
     name = name or "llama-" + "-".join(f"{k}{v}" for k, v in shape.items())

@@ -22,7 +22,7 @@ from common import ROOT, cache_root, header, save, table
 CONVERT = """
 import json, resource, sys, time
 t = time.perf_counter()
-from ct2_magics import hub
+from ct2_magics.models import hub
 path = hub.resolve(sys.argv[1], quantization=sys.argv[2])
 seconds = time.perf_counter() - t
 size = sum(p.stat().st_size for p in path.iterdir())
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="also a random 1B-shape GGUF, extrapolated to 8B")
     args = parser.parse_args()
     info = header("Converting on first load: seconds, peak memory, size")
-    from ct2_magics.smollm2 import bundled_gguf
+    from ct2_magics.models.smollm2 import bundled_gguf
 
     smollm2 = bundled_gguf()
     if smollm2 is None:

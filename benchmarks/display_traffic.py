@@ -55,7 +55,7 @@ def naive_cell(publisher, tokens: int) -> dict:
     from IPython.display import DisplayHandle
 
     from ct2_magics import llama
-    from ct2_magics.markup import bundle
+    from ct2_magics.notebook.markup import bundle
 
     publisher.reset()
     handle = DisplayHandle()

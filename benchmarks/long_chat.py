@@ -56,7 +56,7 @@ class Chat:
 
     def turn(self, turn: int, *, prefill: bool, typist: bool = False) -> dict:
         """Ask this chat's question `turn` (as cell turn-N: a re-run replaces the reply); first token and metadata."""
-        from ct2_magics.response import Request
+        from ct2_magics.core.response import Request
 
         llama = self.llama
         llama.settings.prefill = prefill

@@ -187,7 +187,7 @@ def main() -> None:
     import ctranslate2
 
     from ct2_magics.api import Llama
-    from ct2_magics.session import Session
+    from ct2_magics.core.session import Session
 
     session = Session()
     t0 = time.perf_counter()

@@ -20,7 +20,7 @@ PLACEHOLDERS = ("…", "*waiting for the model…*")
 
 
 def _placeholder(event: dict) -> bool:
-    from ct2_magics.markup import to_html
+    from ct2_magics.notebook.markup import to_html
 
     return event["text"] in PLACEHOLDERS or event["html"] in {to_html(p) for p in PLACEHOLDERS}
 

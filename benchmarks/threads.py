@@ -23,7 +23,8 @@ LARGE = {"hidden": 2048, "layers": 16, "heads": 32, "kv_heads": 8, "intermediate
 
 
 def models(large: bool) -> dict[str, object]:
-    from ct2_magics import hub, smollm2
+    from ct2_magics.models import hub
+    from ct2_magics.models import smollm2
 
     found = {"tiny": bench_model(TINY, name="threads-tiny"), "bench": bench_model(BENCH)}
     if smollm2.bundled_gguf() is not None:
@@ -41,7 +42,7 @@ def path(model_dir, threads: int, tokens: int):
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     text = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False)
     prompt = tokenizer.convert_ids_to_tokens(tokenizer.encode(text, add_special_tokens=False))
-    from ct2_magics.modelfile import saved_compute_type
+    from ct2_magics.models.modelfile import saved_compute_type
 
     generator = ctranslate2.Generator(str(model_dir), device="cpu", compute_type=saved_compute_type(model_dir) or "default",
                                       intra_threads=threads)
@@ -63,7 +64,7 @@ def batch_path(model_dir, prompts: list[str], threads: int, workers: int, per_ca
     import ctranslate2
     from transformers import AutoTokenizer
 
-    from ct2_magics.modelfile import saved_compute_type
+    from ct2_magics.models.modelfile import saved_compute_type
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     batch = sorted((tokenizer.convert_ids_to_tokens(tokenizer.encode(tokenizer.apply_chat_template(

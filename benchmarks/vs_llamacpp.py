@@ -49,8 +49,8 @@ def short_prompts(n: int) -> list[str]:
 def ct2_sessions(gguf: str):
     """Independent ct2-magics sessions on the same GGUF: as it loads by default ("auto"), and threads=1 and 2 asked for."""
     from ct2_magics.api import Llama
-    from ct2_magics.session import Session
-    from ct2_magics.settings import LlamaSettings
+    from ct2_magics.core.session import Session
+    from ct2_magics.core.settings import LlamaSettings
 
     out = {}
     for threads in ("auto", 1, 2):
@@ -184,7 +184,7 @@ def main() -> None:
     if not cpp.available():
         print(cpp.INSTALL)
         return
-    from ct2_magics import smollm2
+    from ct2_magics.models import smollm2
 
     args.gguf = smollm2.bundled_gguf()
     if args.gguf is None:

@@ -1,7 +1,7 @@
 """The same weights through transformers `generate` + TextIteratorStreamer (torch, CPU) and through ct2_magics.
 
 Builds a random LlamaForCausalLM of the bench shape with the demo tokenizer (cached), converts it
-with `ct2_magics.convert.convert` to int8 and to float32, then times end-to-end streaming of the same
+with `ct2_magics.models.convert.convert` to int8 and to float32, then times end-to-end streaming of the same
 prompt and length (greedy, end tokens off so every path writes exactly N tokens), runs alternated.
 Target (issue 6): report our end-to-end tokens/s as a ratio to transformers'.
 
@@ -48,7 +48,7 @@ def hf_model(shape: dict) -> Path:
 
 
 def converted(hf_dir: Path, quantization: str) -> Path:
-    from ct2_magics.convert import convert
+    from ct2_magics.models.convert import convert
 
     out = hf_dir.with_name(f"{hf_dir.name}-ct2-{quantization}")
     if not (out / "model.bin").is_file():
@@ -59,7 +59,7 @@ def converted(hf_dir: Path, quantization: str) -> Path:
 def ours_path(model_dir: Path, tokens: int):
     """ct2_magics' Python API: chat template, streaming text pieces, history bookkeeping."""
     from ct2_magics.api import Llama
-    from ct2_magics.session import Session
+    from ct2_magics.core.session import Session
 
     session = Session()
     session.load(str(model_dir), device="cpu")

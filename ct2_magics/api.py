@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .response import Request, Response
-from .session import Session, get_session
+from ct2_magics.core.response import Request, Response
+from ct2_magics.core.session import Session, get_session
 
 if TYPE_CHECKING:
-    from .conversation import Chat, Chats, Turn
-    from .engine import Engine
-    from .settings import LlamaSettings
+    from ct2_magics.core.conversation import Chat, Chats, Turn
+    from ct2_magics.core.engine import Engine
+    from ct2_magics.core.settings import LlamaSettings
 
 
 class Llama:
@@ -64,7 +64,7 @@ class Llama:
         return self.stream(prompt, chat, **kwargs).consume()
 
     def generate(self, prompts: Any, **kwargs: Any) -> list[str | None]:
-        """Answer many independent prompts in batches, in input order (see ct2_magics.batch.generate)."""
+        """Answer many independent prompts in batches, in input order (see ct2_magics.core.batch.generate)."""
         return self.session.generate(prompts, **kwargs)
 
     def map(self, items: Any, template: str = "{}", **kwargs: Any) -> Any:
@@ -103,7 +103,7 @@ class Llama:
 
     def panel(self, chat: str = "default") -> Any:
         """An ipywidgets chat panel over `chat`, sharing this model and history."""
-        from .panel import ChatPanel
+        from ct2_magics.notebook.panel import ChatPanel
 
         return ChatPanel(self.session, chat)
 

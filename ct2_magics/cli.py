@@ -29,7 +29,7 @@ def add_convert_arguments(parser: Any) -> None:
 
 def run_convert(args: argparse.Namespace, progress: Callable[[str], None] = print) -> int:
     """Convert what the parsed `args` say."""
-    from ct2_magics.convert import convert
+    from ct2_magics.models.convert import convert
 
     convert(args.source, args.output, quantization=args.quantization, revision=args.revision, file=args.file,
             force=args.force, progress=progress)

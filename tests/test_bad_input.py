@@ -26,7 +26,7 @@ def broken(tmp_path_factory, demo_model) -> dict[str, Path]:
     not_model = root / "not-a-model"
     not_model.mkdir()
     (not_model / "notes.txt").write_text("hello")
-    from ct2_magics.demo import build_model
+    from ct2_magics.models.demo import build_model
 
     return {"no_tok": no_tok, "corrupt": corrupt, "not_model": not_model,
             "no_template": build_model(root / "no-template", chat_template=False)}

@@ -79,7 +79,7 @@ def test_small_cpu_models_batch_on_a_one_thread_worker_per_core(llama, continuat
 
 
 def test_batch_size_setting_is_a_traitlet(llama):
-    from ct2_magics.settings import LlamaSettings
+    from ct2_magics.core.settings import LlamaSettings
 
     assert LlamaSettings().batch_size == 16 and LlamaSettings.batch_size.metadata.get("config")
     llama.settings.batch_size = 2
@@ -116,7 +116,7 @@ def test_progress_false_and_short_jobs_show_no_bar(llama, capsys):
 
 def test_templates(llama):
     llama.load("demo")
-    from ct2_magics.batch import _template_filler
+    from ct2_magics.core.batch import _template_filler
 
     assert _template_filler("Summarise: {}")("x") == "Summarise: x"
     assert _template_filler("Translate to French:")("x") == "Translate to French:\n\nx"

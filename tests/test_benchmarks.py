@@ -56,7 +56,7 @@ def test_batch_mixed(shared: Path) -> None:
 
 def test_vs_llamacpp(shared: Path) -> None:
     pytest.importorskip("llama_cpp")
-    from ct2_magics import smollm2
+    from ct2_magics.models import smollm2
 
     if smollm2.bundled_gguf() is None:
         pytest.skip(f"needs the SmolLM2 GGUF ({smollm2.INSTALL})")

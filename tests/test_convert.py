@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ct2_magics import convert as convert_mod
+from ct2_magics.models import convert as convert_mod
 from ct2_magics.cli import main
-from ct2_magics.convert import DOWNLOAD_PATTERNS, check_llama3_rope, convert, read_rope_attributes
+from ct2_magics.models.convert import DOWNLOAD_PATTERNS, check_llama3_rope, convert, read_rope_attributes
 from ct2_magics.errors import LlamaError
 
 SPECIALS = ["<unk>", "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
@@ -345,7 +345,7 @@ def test_failed_download_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 @pytest.mark.torch
 def test_loading_a_stock_conversion_says_how_to_fix_it(models: dict[str, Path], tmp_path: Path) -> None:
-    from ct2_magics.session import Session
+    from ct2_magics.core.session import Session
 
     plain = tmp_path / "plain"
     shutil.copytree(models["plain"], plain)

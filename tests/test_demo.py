@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import ctranslate2  # noqa: E402
 
-from ct2_magics import demo  # noqa: E402
+from ct2_magics.models import demo  # noqa: E402
 from parrot import build_parrot  # noqa: E402
 
 EOT = "<|eot_id|>"

@@ -150,7 +150,7 @@ def test_repo_with_no_weights_is_one_line(shell, llama, hub, tmp_path, capsys):
 
 def test_prompt_without_a_model_falls_back_to_smollm2_when_the_reference_is_unreachable(
         shell, llama, hub, smollm2_int8, capsys):
-    from ct2_magics.settings import REFERENCE_MODEL
+    from ct2_magics.core.settings import REFERENCE_MODEL
 
     assert llama.settings.model == REFERENCE_MODEL
     hub.online = False
@@ -175,7 +175,7 @@ def test_smollm2_without_its_wheel_comes_from_the_hub(shell, llama, hub, remote,
     import importlib.metadata
     import importlib.util
 
-    from ct2_magics import smollm2
+    from ct2_magics.models import smollm2
 
     find_spec, files = importlib.util.find_spec, importlib.metadata.files
 

@@ -203,7 +203,7 @@ def test_help_lists_the_new_options(shell, capsys):
 
 # -- the pure parts -------------------------------------------------------------------------------
 def test_substitute_and_compact():
-    from ct2_magics.prompts import compact, substitute
+    from ct2_magics.notebook.interpolate import compact, substitute
 
     ns = {"a": "A", "In": ["", "src"], "Out": {1: [1, 2]}}
     assert substitute("{a}{{a}}{{{a}}}{In[1]}{Out[1]}{In[9]}{b}{ a }", ns) == (
@@ -221,7 +221,7 @@ def test_substitute_and_compact():
 
 
 def test_code_block_and_json_value():
-    from ct2_magics.render import code_block, json_value
+    from ct2_magics.notebook.render import code_block, json_value
 
     assert code_block("a\n```python\nx = 1\n```\n```\ny\n```") == "x = 1"
     assert code_block("cut short:\n```python\nx = 1\ny = ") == "x = 1\ny = "

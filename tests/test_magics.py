@@ -155,7 +155,7 @@ def test_unsupported_compute_type_lists_supported(shell, capsys):
 
 
 def test_int8_float16_model_falls_back_to_int8_on_cpu_with_a_notice(shell, tmp_path, capsys):
-    from ct2_magics.demo import build_model
+    from ct2_magics.models.demo import build_model
 
     path = build_model(tmp_path / "m", quantization="int8_float16")
     run(shell, f"%llama load {path}")
@@ -183,7 +183,7 @@ def test_default_model_loads_when_none_is(shell, llama, monkeypatch):
 
 
 def test_default_model_comes_from_the_environment(monkeypatch):
-    from ct2_magics.settings import REFERENCE_MODEL, LlamaSettings
+    from ct2_magics.core.settings import REFERENCE_MODEL, LlamaSettings
 
     monkeypatch.delenv("CT2_MAGICS_MODEL", raising=False)
     assert LlamaSettings().model == REFERENCE_MODEL
@@ -203,7 +203,7 @@ def test_unload_ext_frees_the_model_and_keeps_chats(shell, llama):
 
 
 def test_terminal_shell_prints_plain_text(ipython, demo_model, capfd):
-    from ct2_magics import session
+    from ct2_magics.core import session
 
     session.drop_session()
     ipython.run_line_magic("load_ext", "ct2_magics")

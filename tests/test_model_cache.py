@@ -73,7 +73,7 @@ def test_a_folder_of_ggufs_with_file(shell, llama, tiny):
 CONVERT = """
 import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)  # a background process may ignore SIGINT otherwise
-from ct2_magics import hub
+from ct2_magics.models import hub
 print(hub.resolve(sys.argv[1], notify=print), flush=True)
 """
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ct2_magics.render import with_mark
+from ct2_magics.notebook.render import with_mark
 from helpers import html_text, reference_greedy, run, wait_for
 
 SCRIPT = "Hello from the panel. This reply streams in small pieces, one token at a time, and then it ends."
@@ -195,7 +195,7 @@ def test_a_busy_model_shows_waiting_then_answers(llama, panel, long_model):
 
 
 def test_the_shortcut_key_sends_what_was_typed(llama, panel):
-    from ct2_magics.panel import SEND_KEY
+    from ct2_magics.notebook.panel import SEND_KEY
 
     llama.load("demo")
     p = panel()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
-from ct2_magics import session as session_module
-from ct2_magics import store
+from ct2_magics.core import session as session_module
+from ct2_magics.notebook import store
 from helpers import run
 
 
@@ -274,7 +274,7 @@ def test_save_files_are_named_per_notebook_path(tmp_path, monkeypatch):
 
 
 def test_saving_a_thousand_turn_chat_is_fast(tmp_path):
-    from ct2_magics.conversation import Chat, Turn
+    from ct2_magics.core.conversation import Chat, Turn
 
     chat = Chat("long", system="Be helpful.",
                 turns=[Turn("question %d " % i + "x" * 300, "answer %d " % i + "y" * 2000) for i in range(1000)])

@@ -44,7 +44,7 @@ def folders(tmp_path_factory, tokenizer) -> dict[str, tuple[Path, Tiny, dict]]:
 
 @pytest.fixture(scope="module")
 def converted(folders) -> dict[str, Path]:
-    from ct2_magics import hub
+    from ct2_magics.models import hub
 
     return {name: hub.resolve(str(folder), quantization="float32") for name, (folder, _, _) in folders.items()}
 
@@ -112,7 +112,7 @@ def test_load_keeps_tokenizer_template_and_generation_defaults(shell, llama, fol
 def test_bfloat16_checkpoint(tmp_path, tokenizer):
     import ml_dtypes
 
-    from ct2_magics import hub
+    from ct2_magics.models import hub
 
     shape = Tiny()
     weights = random_weights(shape, tokenizer.get_vocab_size(), seed=3)
@@ -126,7 +126,7 @@ def test_bfloat16_checkpoint(tmp_path, tokenizer):
 def test_sharded_checkpoint(tmp_path, tokenizer, folders):
     from safetensors.numpy import save_file
 
-    from ct2_magics import hub
+    from ct2_magics.models import hub
 
     folder, shape, weights = folders["llama3"]
     sharded = tmp_path / "sharded"

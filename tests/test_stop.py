@@ -6,7 +6,7 @@ import _thread
 import threading
 import time
 
-from ct2_magics.render import with_mark
+from ct2_magics.notebook.render import with_mark
 from helpers import wait_idle, reply_outputs, run
 
 

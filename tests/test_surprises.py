@@ -189,7 +189,7 @@ def test_reloading_the_extension_restores_nothing_it_already_has(shell, llama, c
 
 # -- %llama explain ---------------------------------------------------------------------------------
 def test_explain_history_shows_the_learners_question_not_the_instructions(shell, llama, monkeypatch):
-    from ct2_magics.prompts import EXPLAIN_INSTRUCTIONS
+    from ct2_magics.notebook.interpolate import EXPLAIN_INSTRUCTIONS
 
     shell.run_line_magic("llama", "load demo")
     assert not run(shell, "scores = [1, 2]\nscores[5]").success
@@ -237,7 +237,7 @@ def test_the_magic_and_the_cli_read_convert_arguments_alike(shell, capsys, tmp_p
 
 
 def test_help_lists_every_sampling_option(shell, capsys):
-    from ct2_magics.options import OPTIONS
+    from ct2_magics.core.options import OPTIONS
 
     run(shell, "%llama help")
     out = capsys.readouterr().out

@@ -38,7 +38,7 @@ def tiny_ggufs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def tiny_tokenizers(tiny_ggufs) -> dict[str, object]:
-    from ct2_magics import hub
+    from ct2_magics.models import hub
 
     return {pre: _tokenizer(hub.resolve(str(path))) for pre, path in tiny_ggufs.items()}
 
@@ -79,8 +79,8 @@ def test_the_pre_tokenizers_really_differ_on_these_lines():
 
 def test_unknown_pre_tokenizer_and_sentencepiece_are_one_line(tmp_path):
     from ct2_magics.errors import LlamaError
-    from ct2_magics.gguf_model import GGUFModel
-    from ct2_magics.tokenizer_files import build_tokenizer
+    from ct2_magics.models.gguf_model import GGUFModel
+    from ct2_magics.models.tokenizer_files import build_tokenizer
 
     vocab = DATA["tiny_vocab"]
     shape = Tiny()

@@ -12,7 +12,7 @@ import pytest
 from IPython.core.displaypub import CapturingDisplayPublisher
 
 from ct2_magics.errors import LlamaError
-from ct2_magics.render import with_mark
+from ct2_magics.notebook.render import with_mark
 from helpers import run, wait_for, wait_idle
 
 SCRIPT = "One two three four five six seven eight nine ten."

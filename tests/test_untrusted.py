@@ -28,7 +28,11 @@ import huggingface_hub
 import pytest
 from IPython.core.error import UsageError
 
-from ct2_magics import markup, render, store
+from ct2_magics.notebook import markup
+
+from ct2_magics.notebook import render
+
+from ct2_magics.notebook import store
 from helpers import html_tags, html_text, reply_outputs, run
 from hostile import BENIGN, PAYLOADS, UNCLOSED_FENCE, fill, unsafe_parts
 

@@ -65,7 +65,7 @@ def tokenize_all(model, lines: list[str], special: str) -> dict:
 def main() -> None:
     import llama_cpp
 
-    from ct2_magics.smollm2 import bundled_gguf
+    from ct2_magics.models.smollm2 import bundled_gguf
     from tinymodels import Tiny, random_weights, train_tokenizer, vocab_of, write_gguf
 
     data: dict = {"llama_cpp": llama_cpp.__version__, "lines": LINES, "special_lines": SPECIAL_LINES}

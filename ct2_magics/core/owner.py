@@ -1,0 +1,272 @@
+"""The one owner of the loaded model: whose turn it is, stopping every use, loading, unloading or replacing it,
+and the work it does in idle time (prefilling the next turn) at the lowest priority."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from ct2_magics.errors import LlamaError
+
+if TYPE_CHECKING:
+    from ct2_magics.core.engine import Engine
+
+# A reply that holds the model but whose reader has not come back for a piece in this long, while another
+# request waits, is taken to be abandoned (a loop left with `break`, an iterator kept in a variable).
+ABANDONED_AFTER_S = 2.0
+UNLOADED = "No model is loaded (it was unloaded while this request waited); load one with %llama load MODEL."
+IdleJob = Callable[["Engine", Callable[[], bool]], None]  # job(engine, waiting): waiting() tells a request waits
+
+
+class Stopped(Exception):
+    """Raised to a use that was stopped while it waited for its turn."""
+
+
+class Use:
+    """One claim on the model: a streamed reply or a batch chunk, made in the current thread."""
+
+    def __init__(self, stop: threading.Event | None = None, on_lost: Callable[[], None] = lambda: None) -> None:
+        self.stop = stop or threading.Event()
+        self.thread = threading.get_ident()
+        self.on_lost = on_lost  # told when the model was taken from it while its reader was away
+        self.lost = False
+        self.paused_since: float | None = None  # while its reader holds a piece and has not asked for the next
+
+
+class ModelOwner:
+    """Hands out the model one use at a time; load, unload and replace first take it back from every use."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.engine: Engine | None = None
+        self._holder: Use | None = None
+        self._uses: set[Use] = set()  # holding or waiting
+        self._swapping = False
+        self._idle = Use()  # the holder while an idle job runs; never in _uses
+        self._idle_job: tuple[IdleJob, float] | None = None  # the newest job, and how long the model must be idle first
+        self._idle_since = time.monotonic()  # when the model was last handed back
+        self._worker: threading.Thread | None = None
+        self.on_idle_error: Callable[[BaseException], None] = lambda error: None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request holds the model now (idle-time work does not count)."""
+        holder = self._holder
+        return holder is not None and holder is not self._idle
+
+    def when_idle(self, job: IdleJob, after: float = 0.0) -> None:
+        """Run job(engine, waiting) on the owner's worker thread once the model has been idle `after` seconds.
+
+        Lowest priority: it never starts while a request holds or waits for the model, and a request that
+        comes while it runs waits for it to end (so it must be one bounded step; waiting() says when to stop
+        before the next one). A newer job replaces one that has not started.
+        """
+        with self._cond:
+            self._idle_job = (job, after)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="ct2-magics idle work", daemon=True)
+                self._worker.start()
+            self._cond.notify_all()
+
+    @property
+    def idle_pending(self) -> bool:
+        """Whether an idle job waits to start (once the model has been idle long enough) or runs now."""
+        with self._cond:
+            return self._idle_job is not None or self._holder is self._idle
+
+    @contextlib.contextmanager
+    def turn(self, use: Use, on_waiting: Callable[[bool], None] = lambda waiting: None) -> Iterator[Engine]:
+        """Wait for the model (telling on_waiting), hold it in the block, then hand it on once decoding has stopped."""
+        engine = self._acquire(use, on_waiting)
+        try:
+            yield engine
+        finally:
+            self._release(use)
+
+    def pause(self, use: Use) -> None:
+        """The use's reader has a piece and is away with it."""
+        with self._cond:
+            use.paused_since = time.monotonic()
+
+    def resume(self, use: Use) -> bool:
+        """The reader is back for the next piece; False if the model was taken from it meanwhile."""
+        with self._cond:
+            use.paused_since = None
+            return not use.lost
+
+    def stop_all(self) -> None:
+        """Tell every use, running or waiting, to stop (within a step)."""
+        with self._cond:
+            uses = list(self._uses)
+        for use in uses:
+            use.stop.set()
+
+    def replace(self, build: Callable[[Callable[[], None]], Engine]) -> Engine:
+        """Make the engine with build(make_room); make_room takes the model from every use and frees the old weights.
+
+        If build fails, the old model is loaded again and stays: a model that fails to load never costs the loaded one.
+        """
+        old, freed = self.engine, False
+
+        def make_room() -> None:
+            nonlocal freed
+            self._take_all()
+            if old is not None and old.generator is not None:
+                old.generator.unload_model()
+                freed = True
+
+        try:
+            engine = build(make_room)
+        except BaseException:
+            self._restore(old, freed)
+            raise
+        with self._cond:
+            self.engine, self._swapping = engine, False
+            self._cond.notify_all()
+        if old is not None:
+            old.close()
+        return engine
+
+    def unload(self) -> bool:
+        """Stop every use and free the model; False if none was loaded."""
+        try:
+            self._take_all()
+            with self._cond:
+                old, self.engine = self.engine, None
+        finally:
+            self._end_swap()
+        if old is None:
+            return False
+        old.close()
+        return True
+
+    # -- inside -----------------------------------------------------------------------------------
+    def _acquire(self, use: Use, on_waiting: Callable[[bool], None]) -> Engine:
+        waited = False
+        with self._cond:
+            self._uses.add(use)
+        try:
+            while True:
+                victim = None
+                with self._cond:
+                    if use.stop.is_set():
+                        raise Stopped()
+                    if self._holder is None and not self._swapping:
+                        if self.engine is None:
+                            raise LlamaError(UNLOADED)
+                        self._holder = use
+                        break
+                    if self._holder is not None and self._abandoned(self._holder, use):
+                        victim = self._holder
+                        victim.lost = True  # under the lock, so its reader cannot come back for more meanwhile
+                if victim is not None:
+                    self._take_from(victim)
+                    continue
+                if not waited:
+                    waited = True
+                    on_waiting(True)
+                with self._cond:
+                    self._cond.wait(0.05)
+        except BaseException:
+            with self._cond:
+                self._uses.discard(use)
+            raise
+        if waited:
+            on_waiting(False)
+        return self.engine
+
+    def _abandoned(self, holder: Use, waiter: Use) -> bool:
+        # A holder paused in the waiter's own thread can never come back while the waiter waits: that would hang.
+        paused = holder.paused_since
+        return paused is not None and (holder.thread == waiter.thread or time.monotonic() - paused >= ABANDONED_AFTER_S)
+
+    def _take_from(self, victim: Use) -> None:
+        """Stop a use whose reader is away and give its turn back (the caller set victim.lost)."""
+        victim.stop.set()
+        self._wait_idle()
+        with self._cond:
+            if self._holder is victim:
+                self._holder = None
+                self._idle_since = time.monotonic()
+                self._cond.notify_all()
+        victim.on_lost()
+
+    def _release(self, use: Use) -> None:
+        with self._cond:
+            self._uses.discard(use)
+            mine = self._holder is use
+        if mine:
+            self._wait_idle()  # the next use must not queue behind a step that is still decoding
+            with self._cond:
+                if self._holder is use:
+                    self._holder = None
+                    self._idle_since = time.monotonic()
+                    self._cond.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._idle_job is None or self.engine is None:
+                        self._idle_job, self._worker = None, None
+                        return
+                    job, after = self._idle_job
+                    due = self._idle_since + after
+                    free = self._holder is None and not self._uses and not self._swapping
+                    if free and time.monotonic() >= due:
+                        self._idle_job, self._holder, engine = None, self._idle, self.engine
+                        break
+                    self._cond.wait(max(0.005, due - time.monotonic()) if free else 0.05)
+            try:
+                job(engine, lambda: bool(self._uses))
+            except BaseException as error:  # idle work must never take the worker down silently
+                self.on_idle_error(error)
+            finally:
+                self._release(self._idle)
+
+    def _wait_idle(self) -> None:
+        engine = self.engine
+        if engine is not None:
+            engine.wait_idle()
+
+    def _take_all(self) -> None:
+        """Let no new use start, stop the one that holds the model and wait until it has let go.
+
+        Uses still waiting keep waiting: after a replace they run on the new model, after an unload they fail.
+        """
+        with self._cond:
+            self._swapping = True
+        try:
+            while True:
+                with self._cond:
+                    holder = self._holder
+                    if holder is None:
+                        return
+                    holder.stop.set()
+                    away = holder.paused_since is not None
+                    if away:
+                        holder.lost = True
+                    else:
+                        self._cond.wait(0.05)  # a running use stops within a step and hands the model back
+                if away:
+                    self._take_from(holder)
+        except BaseException:
+            self._end_swap()
+            raise
+
+    def _end_swap(self) -> None:
+        with self._cond:
+            self._swapping = False
+            self._cond.notify_all()
+
+    def _restore(self, old: Engine | None, freed: bool) -> None:
+        try:
+            if freed and old is not None and old.generator is not None:
+                old.reload()
+        except Exception:  # the old weights no longer fit: nothing is loaded, and the load's own error is shown
+            with self._cond:
+                self.engine = None
+        finally:
+            self._end_swap()

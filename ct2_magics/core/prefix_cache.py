@@ -1,0 +1,207 @@
+"""What CTranslate2's static-prompt cache holds for one model: which prefixes, and the memory each takes.
+
+CTranslate2 keeps the decoder state (the K/V of every layer) of each `static_prompt` it was asked to
+cache, keyed by the exact token sequence, with no size limit and no eviction: only unloading the model
+empties it (OpenNMT/CTranslate2 #1409, #1450). This module counts what it holds, so that the engine
+stays within a memory budget and clears the cache (unload + load) when it would not.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+# Pieces of fewer rows go through CTranslate2's int8 CPU GEMM (oneDNN) another way. Measured on SmolLM2
+# int8 (AVX-512 VNNI), a 52-token prompt sent as static prompt + rest gave the whole prompt's greedy reply
+# for every cut with >= 16 tokens before it and >= 17 after it, and for almost no cut with fewer. So a
+# cached prefix is at least this long and stops this many tokens short of the message it serves. On long
+# prompts even such cuts change near-tie tokens (BENCHMARKS.md, Findings): see SPLIT_MIN_TOKENS.
+EXACT_ROWS = 16
+# A prompt whose turn prefix (Engine.turn_prefix: the chat before the new message, less EXACT_ROWS tokens)
+# has at least this many tokens is always sent split there, cached or not: int8 logits depend on where a
+# prompt is split (measured: BENCHMARKS.md, Findings), so the split must not depend on what is cached.
+SPLIT_MIN_TOKENS = 96
+# Bytes per cached value: CTranslate2 keeps the state in the decoder's output type.
+_HALF = ("float16", "bfloat16", "int8_float16", "int8_bfloat16")
+
+
+def kv_bytes_per_token(model_dir: str | Path, compute_type: str) -> int | None:
+    """Bytes CTranslate2 caches per prompt token: layers x 2 (K, V) x heads kept x head size x bytes per value.
+
+    Heads kept: for grouped-query attention (1 < KV heads < heads) CTranslate2 repeats the K/V heads up
+    to the query heads before it stores them (layers/attention.cc, replicate_heads), so a GQA model
+    caches heads, not KV heads: 3x the K/V size for SmolLM2 (9 heads, 3 KV heads), 4x for Llama 3.
+    Only multi-query models (one KV head) keep one. None when model.bin does not say (then nothing is cached).
+    """
+    from ct2_magics.models.modelfile import read_index
+
+    try:
+        index = read_index(model_dir)
+    except (OSError, ValueError):
+        return None
+
+    def number(name: str) -> int | None:
+        v = index.get(name)
+        if v is None or v.data is None or v.shape != ():
+            return None
+        fmt = {"int8": "b", "int16": "h", "int32": "i"}.get(v.dtype)
+        return int.from_bytes(v.data, "little", signed=True) if fmt else None
+
+    layers = sum(1 for name in index if name.startswith("decoder/layer_") and name.endswith("/self_attention/linear_1/weight"))
+    heads = number("decoder/num_heads")
+    out = index.get("decoder/layer_0/self_attention/linear_1/weight")
+    if not layers or not heads or out is None or len(out.shape) != 2:
+        return None
+    head_dim = number("decoder/layer_0/self_attention/head_dim") or out.shape[0] // heads
+    multi_query = number("decoder/layer_0/self_attention/multi_query") == 1
+    kept = 1 if multi_query else heads
+    size = 2 if compute_type in _HALF else 4
+    return layers * 2 * kept * head_dim * size
+
+
+class PrefixCache:
+    """The prefixes (token ids) CTranslate2 holds for one loaded model, their bytes, and the budget."""
+
+    def __init__(self, bytes_per_token: int | None, limit: int) -> None:
+        self.bytes_per_token = bytes_per_token
+        self.limit = limit  # bytes; 0: cache nothing
+        self._held: dict[tuple[int, ...], int] = {}  # counted, with their bytes
+        self._ready: set[tuple[int, ...]] = set()  # held and computed by CTranslate2
+        self._lock = threading.Lock()  # status() reads from any thread
+        self._unknown = False  # a prefill failed: what CTranslate2 kept is unknown until the next clear
+        self.state = "idle"  # idle | prefilling | clearing (what the model's worker is doing with it)
+        self.prefills = 0  # prefixes put into the cache in idle time
+        self.clears = 0  # times the cache was emptied (unload + load)
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return sum(self._held.values())
+
+    @property
+    def enabled(self) -> bool:
+        return self.bytes_per_token is not None and self.limit > 0
+
+    def size(self, tokens: int) -> int:
+        return tokens * (self.bytes_per_token or 0)
+
+    def holds(self, prefix: Sequence[int]) -> bool:
+        with self._lock:
+            return tuple(prefix) in self._held
+
+    def split(self, prompts: list[list[int]], candidates: Iterable[Sequence[int]]) -> int:
+        """Length of the first of `candidates` (system blocks) that begins every prompt, with EXACT_ROWS
+        tokens or more in it and after it, and that is held or fits in the budget (then counted); 0: none.
+        """
+        if not self.enabled:
+            return 0
+        return next((len(c) for c in candidates if _fits(c, prompts) and self.admit(c)), 0)
+
+    def ready(self, prefix: Sequence[int]) -> bool:
+        """Whether CTranslate2 has computed and cached `prefix` (a request that sends it reads it from the cache)."""
+        with self._lock:
+            return tuple(prefix) in self._ready
+
+    def mark_ready(self, prefix: Sequence[int]) -> None:
+        with self._lock:
+            if tuple(prefix) in self._held:
+                self._ready.add(tuple(prefix))
+
+    def admit(self, prefix: Sequence[int]) -> bool:
+        """Count `prefix` as held if it is already held or fits in the budget now; False if it does not fit."""
+        key = tuple(prefix)
+        with self._lock:
+            if key in self._held:
+                return True
+            if not self.enabled or self._unknown or sum(self._held.values()) + self.size(len(key)) > self.limit:
+                return False
+            self._held[key] = self.size(len(key))
+            return True
+
+    def prefill(self, generator: Any, prefix: list[int], tokens: list[str], waiting: Callable[[], bool]) -> str:
+        """Have CTranslate2 cache `prefix` (its tokens as strings); clear the cache first when it would not fit.
+
+        The caller holds the model. Returns what happened: cached, held (already), off, too long (for
+        the budget alone), cleared (emptied, and then a request was waiting), busy (CTranslate2 would not
+        unload), or failed.
+        """
+        if not self.enabled or not prefix:
+            return "off"
+        if self.holds(prefix):
+            return "held"
+        if self.size(len(prefix)) > self.limit:
+            return "too long"
+        if not self.admit(prefix):
+            if not self.clear(generator):
+                return "busy"
+            if waiting() or not self.admit(prefix):
+                return "cleared"
+        self.state = "prefilling"
+        try:
+            # CTranslate2 caches the static prompt's state, then decodes one step after a one-token prompt.
+            generator.generate_batch([tokens[-1:]], static_prompt=tokens, cache_static_prompt=True, max_length=1,
+                                     include_prompt_in_result=False)
+        except (RuntimeError, ValueError):  # e.g. out of memory: what CTranslate2 kept is unknown, so clear next time
+            self._unknown = True
+            return "failed"
+        finally:
+            self.state = "idle"
+        self.mark_ready(prefix)
+        self.prefills += 1
+        return "cached"
+
+    def clear(self, generator: Any) -> bool:
+        """Empty the cache the only way CTranslate2 allows: unload and load the model (the caller holds it, idle).
+
+        On the CPU this reads model.bin again (from the page cache). `unload_model(to_cpu=True)` is no
+        cheaper way: it does nothing on the CPU, and on a GPU the copy it keeps shares the cache object
+        with the model (python/cpp/replica_pool.h; Model::clone copies the shared_ptr).
+        """
+        self.state = "clearing"
+        try:
+            generator.unload_model()  # does nothing while CTranslate2 still runs a batch: then the cache stays
+            if generator.model_is_loaded:
+                return False
+            give_memory_back()
+            generator.load_model()
+            self.forget()
+            self.clears += 1
+            return True
+        finally:
+            self.state = "idle"
+
+    def forget(self) -> None:
+        """The model was loaded again: CTranslate2 holds nothing now."""
+        with self._lock:
+            self._held.clear()
+            self._ready.clear()
+            self._unknown = False
+
+    def summary(self) -> dict[str, object]:
+        """What the cache holds now: prefixes, their tokens and bytes, the budget, and what the worker does."""
+        with self._lock:
+            held = dict(self._held)
+        return {"prefixes": len(held), "tokens": sum(len(k) for k in held), "bytes": sum(held.values()),
+                "limit": self.limit, "state": self.state,
+                "prefills": self.prefills, "clears": self.clears}
+
+
+def _fits(prefix: Sequence[int], prompts: list[list[int]]) -> bool:
+    """Whether `prefix` begins every prompt, with EXACT_ROWS tokens or more in it and more after it."""
+    n, key = len(prefix), tuple(prefix)
+    return n >= EXACT_ROWS and all(len(p) - n > EXACT_ROWS and tuple(p[:n]) == key for p in prompts)
+
+
+def give_memory_back() -> None:
+    """Return freed heap to the system: glibc keeps what CTranslate2 freed until malloc_trim (seen here)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:  # not glibc: nothing to do
+        pass

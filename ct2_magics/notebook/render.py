@@ -1,0 +1,235 @@
+"""Showing a streaming reply in a cell (throttled updates of one display, or plain text in a terminal), and reading it as code or JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import signal
+import sys
+import threading
+import time
+from typing import Any, Iterator
+
+from ct2_magics.notebook.markup import Streaming, bundle, inert_text, sections_html, to_html
+
+_FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,})(.*)$", re.MULTILINE)  # any indent: fences nest in list items
+_MARKS = {"interrupted": "⏹ *interrupted*", "stopped": "⏹ *stopped*"}
+_PLAIN_MARKS = {status: f"[{status}]" for status in _MARKS}
+
+
+def wants_markdown(shell: Any, mode: str = "auto") -> bool:
+    """Markdown in a notebook front end; plain text in a terminal IPython (or when asked)."""
+    if mode != "auto":
+        return mode == "markdown"
+    if shell is None:
+        return False
+    from IPython.core.displaypub import DisplayPublisher
+
+    return type(shell.display_pub) is not DisplayPublisher
+
+
+def with_mark(text: str, status: str, marks: dict[str, str] = _PLAIN_MARKS) -> str:
+    """Plain text with its status mark ([interrupted], [stopped]) after it."""
+    mark = marks.get(status)
+    return text if mark is None else f"{text}\n\n{mark}" if text else mark
+
+
+def reply_bundle(text: str, status: str = "complete", *, remote_images: bool = False) -> dict[str, str]:
+    """A finished (or stopped) reply as sanitised HTML and inert plain text, with its status mark."""
+    out = bundle(text, remote_images=remote_images, plain=with_mark(text, status))
+    mark = _MARKS.get(status)
+    if mark is not None:  # rendered on its own, so an unclosed code fence in the reply cannot swallow it
+        out["text/html"] += to_html(mark)
+    return out
+
+
+# Each update re-sends the whole reply, so long replies update less often: about this many characters
+# a second at most, which keeps the traffic linear in the reply's length instead of quadratic.
+CHARS_PER_SECOND = 32768
+
+
+class MarkdownStream:
+    """One display, updated with sanitised HTML at most `rate` times a second, and once more in full at the end.
+
+    The reply is untrusted: it is shown only as HTML made by `markup` (raw HTML from the model is text)
+    and as inert plain text; it is never sent as text/markdown, which JupyterLab renders with raw HTML.
+    """
+
+    def __init__(self, rate: float = 15.0, *, remote_images: bool = False) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.remote_images = remote_images
+        self.handle = None
+        self.updates = 0
+        self._last = 0.0
+        self._partial = Streaming(remote_images=remote_images)
+
+    def _final(self, text: str, status: str) -> dict[str, str]:
+        return reply_bundle(text, status, remote_images=self.remote_images)
+
+    def _partial_bundle(self, text: str) -> dict[str, str]:
+        return {"text/html": self._partial.html(text)}  # partial updates carry one type: half the bytes
+
+    def start(self, placeholder: str = "…") -> None:
+        from IPython.display import display
+
+        self.handle = display(self._final(placeholder, "complete"), raw=True, display_id=True)
+        self._last = float("-inf")  # the first piece of text shows at once
+
+    def waiting(self, waiting: bool) -> None:
+        self.handle.update(self._final("*waiting for the model…*" if waiting else "…", "complete"), raw=True)
+
+    def update(self, text: str) -> None:
+        now = time.perf_counter()
+        if now - self._last >= max(self.interval, len(text) / CHARS_PER_SECOND):
+            self._last = now
+            self.updates += 1
+            self.handle.update(self._partial_bundle(text), raw=True)
+
+    def finish(self, text: str, status: str, metadata: dict[str, Any]) -> None:
+        self.updates += 1
+        self.handle.update(self._final(text, status), raw=True, metadata={"ct2_magics": metadata})
+
+
+class PlainStream(MarkdownStream):
+    """Like MarkdownStream, but the display holds inert text/plain only (-f text in a notebook)."""
+
+    def _final(self, text: str, status: str) -> dict[str, str]:
+        return {"text/plain": inert_text(with_mark(text, status))}
+
+    def _partial_bundle(self, text: str) -> dict[str, str]:
+        return {"text/plain": inert_text(text)}
+
+
+class TextStream:
+    """Plain text printed as it comes (terminal IPython, scripts), control characters made visible."""
+
+    def __init__(self, out: Any = None) -> None:
+        self.out = out or sys.stdout
+        self._shown = 0
+
+    def start(self, placeholder: str = "") -> None:
+        pass
+
+    def waiting(self, waiting: bool) -> None:
+        if waiting:
+            self.out.write("(waiting for the model…)\n")
+
+    def update(self, text: str) -> None:
+        self.out.write(inert_text(text[self._shown:]))
+        self.out.flush()
+        self._shown = len(text)
+
+    def finish(self, text: str, status: str, metadata: dict[str, Any]) -> None:
+        self.update(text)
+        mark = _MARKS.get(status)
+        self.out.write(f"\n[{status}]\n" if mark else "\n")
+        self.out.flush()
+
+
+def show(response: Any, shell: Any, *, mode: str = "auto", rate: float = 15.0, plain: bool = False,
+         quiet: bool = False, remote_images: bool = False) -> None:
+    """Stream `response` into the current cell; whatever ends it (a KeyboardInterrupt in the display code too),
+    the reply is closed, its turn recorded and the cell shows that same text, then the exception propagates."""
+    if not wants_markdown(shell, mode):
+        view: MarkdownStream | TextStream = TextStream()
+    else:
+        view = PlainStream(rate) if plain else MarkdownStream(rate, remote_images=remote_images)
+    started = False
+
+    def start() -> None:  # the display appears only once there is something to show: an error before that is one line
+        nonlocal started
+        if not started:
+            view.start()
+            started = True  # only once it is there: a Ctrl-C can land inside start() too
+
+    def begin() -> None:
+        if not quiet:
+            for line in response.notices:
+                print(inert_text(line))
+        start()
+
+    def waiting(waiting: bool) -> None:
+        start()
+        view.waiting(waiting)
+
+    response.on_waiting, response.on_start = waiting, begin
+    reader = iter(response)
+    interrupted = False
+    try:
+        for _ in reader:
+            view.update(response.text)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        with sigint_deferred():
+            if interrupted:
+                response.interrupt()
+            getattr(reader, "close", lambda: None)()
+            if not started and response.turn is not None:  # the interrupt came before the display was up
+                start()
+            if started:
+                view.finish(response.text, response.status, response.metadata())
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that comes during the block until it ends (main thread only), so that it cannot cut it short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous in (signal.SIG_IGN, signal.SIG_DFL, None):  # nothing would raise KeyboardInterrupt anyway
+        yield
+        return
+    held: list[Any] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and callable(previous):
+        previous(*held[0])
+
+
+def show_transcript(sections: list[tuple[str, str]], shell: Any, mode: str = "auto", *,
+                    remote_images: bool = False) -> None:
+    """A chat's history in the cell: each labelled piece rendered on its own (sanitised), or plain text in a terminal."""
+    plain = "\n\n".join(f"{label}: {text}" for label, text in sections) if sections else "(empty)"
+    if wants_markdown(shell, mode):
+        from IPython.display import display
+
+        html = sections_html(sections, remote_images=remote_images) if sections else "<p>(empty)</p>"
+        display({"text/html": html, "text/plain": inert_text(plain)}, raw=True)
+    else:
+        print(inert_text(plain))
+
+
+def code_block(text: str) -> str | None:
+    """The body of the first fenced code block in `text` (an unclosed one runs to the end), or None."""
+    opener = _FENCE.search(text)
+    if opener is None:
+        return None
+    fence = opener.group(2)
+    body_start = text.find("\n", opener.end())
+    if body_start < 0:
+        return None
+    closer = re.compile(rf"^ {{0,3}}{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$", re.MULTILINE)
+    end = closer.search(text, body_start + 1)
+    body = text[body_start + 1:end.start() if end else len(text)]
+    return body.strip("\n")
+
+
+def json_value(text: str) -> Any:
+    """The reply parsed as JSON, alone or in a (```json) fence; ValueError (json's message) if it is neither."""
+    try:
+        return json.loads(text)
+    except ValueError as first:
+        block = code_block(text)
+        if block is None:
+            raise ValueError(str(first)) from None
+        try:
+            return json.loads(block)
+        except ValueError as e:
+            raise ValueError(f"{e}, in its code block") from None
