@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
+from ct2_magics.core.items import summary
 from ct2_magics.core.response import Request, Response
 from ct2_magics.core.session import Session, get_session
 
@@ -63,18 +65,52 @@ class Llama:
         """Ask and return the whole reply."""
         return self.stream(prompt, chat, **kwargs).consume()
 
-    def generate(self, prompts: Any, **kwargs: Any) -> list[str | None]:
-        """Answer many independent prompts in batches, in input order (see ct2_magics.core.batch.generate)."""
-        return self.session.generate(prompts, **kwargs)
+    def generate(self, prompts: Any, *, progress: bool | None = None, errors: str = "warn", **kwargs: Any) -> list[str | None]:
+        """Answer many independent prompts in batches, in input order.
 
-    def map(self, items: Any, template: str = "{}", **kwargs: Any) -> Any:
-        """Fill `template` with each item and answer each, batched; a Series keeps its index."""
-        return self.session.map(items, template, **kwargs)
+        Prompts that cannot be answered are None, listed in `last_errors` and summed up in one line (errors="warn"),
+        or raise before anything is generated (errors="raise"), or stay quiet ("ignore"). progress: a bar (None: for
+        a job of more than one batch). Options: system, batch_size, and the sampling options of `ask`.
+        """
+        with _Bar(progress, "llama.generate") as bar:
+            result = self.session.generate(prompts, progress=bar, errors=errors, **kwargs)
+        self._warn(errors, "llama.generate", len(result))
+        return result
+
+    def map(self, items: Any, template: str = "{}", *, cluster: Any = None, progress: bool | None = None,
+            errors: str = "warn", **kwargs: Any) -> Any:
+        """Fill `template` with each item and answer each, batched; a Series keeps its index.
+
+        "Summarise: {}" puts the item at {}; missing, empty or non-text items are None. With `cluster=` a
+        dask.distributed Client, or given a Dask Series, the cluster's workers answer (pip install "ct2-magics[dask]").
+        Other options as for `generate`.
+        """
+        with _Bar(progress, "llama.map") as bar:
+            if cluster is not None or type(items).__module__.startswith("dask"):
+                from ct2_magics.cluster import map_on_cluster
+
+                result = map_on_cluster(self.session, items, template, cluster, progress=bar, errors=errors, **kwargs)
+            else:
+                result = self.session.map(items, template, progress=bar, errors=errors, **kwargs)
+        if not type(result).__module__.startswith("dask"):  # a lazy Dask Series has no rows to count yet
+            self._warn(errors, "llama.map", len(result))
+        return result
+
+    def _warn(self, errors: str, what: str, total: int) -> None:
+        if errors == "warn" and self.session.last_errors:
+            from ct2_magics.notebook.markup import inert_text
+
+            print(inert_text(f"{what}: {summary(self.session.last_errors, total)}"), file=sys.stderr)
 
     @property
     def last_errors(self) -> list[Any]:
         """Why items of the last generate/map got no reply."""
         return self.session.last_errors
+
+    @property
+    def last_result(self) -> Any:
+        """What an interrupted generate/map had answered (None for the rows it had not)."""
+        return self.session.last_result
 
     # -- chats ----------------------------------------------------------------------------------
     @property
@@ -109,6 +145,38 @@ class Llama:
 
     def __repr__(self) -> str:
         return repr(self.session)
+
+
+class _Bar:
+    """A batch's progress as a tqdm bar: a widget in a notebook, text in a terminal. shown=None: for a long job."""
+
+    def __init__(self, shown: bool | None, what: str) -> None:
+        self.shown, self.what, self.bar = shown, what, None
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def start(self, total: int, unit: str, *, long: bool) -> None:
+        if self.bar is None and (self.shown if self.shown is not None else long):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=self.what, unit=unit, dynamic_ncols=True)
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
+    def close(self) -> None:
+        bar, self.bar = self.bar, None
+        if bar is not None:
+            bar.close()
 
 
 _facade: Llama | None = None

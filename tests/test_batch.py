@@ -116,7 +116,7 @@ def test_progress_false_and_short_jobs_show_no_bar(llama, capsys):
 
 def test_templates(llama):
     llama.load("demo")
-    from ct2_magics.core.batch import _template_filler
+    from ct2_magics.core.items import template_filler as _template_filler
 
     assert _template_filler("Summarise: {}")("x") == "Summarise: x"
     assert _template_filler("Translate to French:")("x") == "Translate to French:\n\nx"

@@ -11,17 +11,14 @@ import pickle
 import tempfile
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ct2_magics.core.batch import check_call
+from ct2_magics.core.context import Context
+from ct2_magics.core.items import Progress, Silent, template_filler
 from ct2_magics.errors import LlamaError
 
-if TYPE_CHECKING:
-    from ct2_magics.core.session import Session
-
 INSTALL = 'llama.map on a cluster needs Dask: pip install "ct2-magics[dask]" (dask[distributed]).'
-# Batches in a partition (llama.map on a list or pandas Series): enough work to hide the scheduler's
-# few ms per task, few enough that progress, interrupts and a lost worker cost little (BENCHMARKS.md).
-BATCHES_PER_PARTITION = 4
 
 
 def _distributed() -> Any:
@@ -32,34 +29,35 @@ def _distributed() -> Any:
     return distributed
 
 
-def map_on_cluster(session: Session, items: Any, template: str, cluster: Any, *, system: str | None,
-                   batch_size: int | None, progress: bool | None, errors: str, options: dict[str, Any]) -> Any:
+def map_on_cluster(session: Context, items: Any, template: str, cluster: Any, *, system: str | None = None,
+                   batch_size: int | None = None, partition_size: int | None = None, progress: Progress | None = None,
+                   errors: str = "warn", **options: Any) -> Any:
     """llama.map's cluster path (see the module's docstring); options as for llama.map, plus partition_size."""
     distributed = _distributed()
-    options = dict(options)
-    partition_size = options.pop("partition_size", None)
     # Every check local llama.map makes before it loads a model (template, options, batch size, errors).
-    session.map([], template, system=system, batch_size=batch_size, errors=errors, **options)
+    template_filler(template)
+    size, options = check_call(session, system=system, batch_size=batch_size, errors=errors, options=options)
     lazy = _is_dask(items)
     if lazy:
         _check_dask_series(items, partition_size)
-    size = session.settings.batch_size if batch_size is None else batch_size
     client = _client(distributed, cluster, lazy=lazy)
-    from ct2_magics.cluster.worker import Job
+    from ct2_magics.cluster.worker import Job, bind
 
     spec = model_spec(session, client)
     # The kernel's settings travel with the job, so workers fit prompts and fill defaults alike; what loading
     # takes (model, device, compute type, threads) is in the spec.
     settings = {name: getattr(session.settings, name) for name in session.settings.trait_names(config=True)
                 if name not in ("model", "device", "compute_type", "threads")}
-    job = Job(spec, template, system if system is not None else session.settings.system, size, options, settings)
+    job = Job(spec, template, system if system is not None else session.settings.system, size, options, settings,
+              token=f"ct2-magics-map-{uuid.uuid4().hex}")
+    bind(job, session)  # partitions Dask runs in this process use this session, never another
     if client is not None:
         ensure_model(client, spec, settings)
     if lazy:
         return _lazy(session, items, job, client)
     from ct2_magics.cluster.eager import run
 
-    return run(session, client, items, job, partition_size=partition_size, progress=progress, errors=errors)
+    return run(session, client, items, job, partition_size=partition_size, progress=progress or Silent(), errors=errors)
 
 
 def _is_dask(items: Any) -> bool:
@@ -95,7 +93,7 @@ def _client(distributed: Any, cluster: Any, lazy: bool) -> Any:
     raise LlamaError(f"cluster= takes a dask.distributed Client; got {type(cluster).__name__}.")
 
 
-def model_spec(session: Session, client: Any) -> Any:
+def model_spec(session: Context, client: Any) -> Any:
     """The kernel's model (the loaded one, else LlamaSettings.model) as the workers will load it."""
     from ct2_magics.cluster.worker import ModelSpec
 
@@ -181,12 +179,12 @@ def ship(client: Any, model: str | Path | None = None) -> str:
     return copy
 
 
-def _lazy(session: Session, items: Any, job: Any, client: Any) -> Any:
+def _lazy(session: Context, items: Any, job: Any, client: Any) -> Any:
     import pandas as pd
 
     from ct2_magics.cluster.worker import answer_series, job_errors, record
 
-    token = f"ct2-magics-map-{uuid.uuid4().hex}"
+    token = job.token
     session.last_errors = job_errors(token)  # filled in as the partitions are computed
     if client is not None:
         client.subscribe_topic(token, lambda event: record(token, pickle.loads(event[1]["failures"])))

@@ -3,85 +3,62 @@
 from __future__ import annotations
 
 import math
-import sys
-import uuid
 from typing import TYPE_CHECKING, Any
 
-from ct2_magics.core.batch import ItemError, _as_series, _items, _prompts, _summary, _template_filler
+from ct2_magics.core.context import Context
+from ct2_magics.core.items import Progress, Rows, summary, whole_number
 from ct2_magics.errors import LlamaError
 
 if TYPE_CHECKING:
     from ct2_magics.cluster.worker import Job
-    from ct2_magics.core.session import Session
+
+# Batches in a partition (llama.map on a list or pandas Series): enough work to hide the scheduler's
+# few ms per task, few enough that progress, interrupts and a lost worker cost little (BENCHMARKS.md).
+BATCHES_PER_PARTITION = 4
 
 
-def run(session: Session, client: Any, items: Any, job: Job, *, partition_size: int | None, progress: bool | None,
+def run(session: Context, client: Any, items: Any, job: Job, *, partition_size: int | None, progress: Progress,
         errors: str) -> Any:
     """Answer `items` on the cluster's workers; a list, or a Series on the same index for a Series."""
     import distributed
 
-    from ct2_magics.cluster.client import BATCHES_PER_PARTITION
     from ct2_magics.cluster.worker import answer
 
-    series = _as_series(items)
-    values, labels = _values(items, series)
-    size = job.batch_size * BATCHES_PER_PARTITION if partition_size is None else partition_size
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise LlamaError(f"partition_size must be a whole number >= 1; got {size!r}.")
-    texts, problems = _prompts(values, _template_filler(job.template))
-    if problems and errors == "raise":
-        failed = [ItemError(p, labels[p], problems[p]) for p in sorted(problems)]
-        session.last_errors = failed
-        raise LlamaError(f"llama.map: {_summary(failed, len(values), raised=True)}")
-    parts = partitions(session, texts, problems, job, size)
-    token = f"ct2-magics-map-{uuid.uuid4().hex[:12]}"
-    results: list[str | None] = [None] * len(values)
-    failures: list[ItemError] = []
-    show = progress if progress is not None else len(parts) > 1
-    from tqdm.auto import tqdm  # a widget in a notebook, text in a terminal
-
-    bar = tqdm(total=len(parts), disable=not show, desc=f"llama.map on {len(client.nthreads())} workers",
-               unit="partition", dynamic_ncols=True)
+    rows = Rows(items, job.template, what="llama.map", noun="items")
+    size = whole_number(job.batch_size * BATCHES_PER_PARTITION if partition_size is None else partition_size,
+                        "partition_size")
+    try:
+        rows.refused(errors)
+    finally:
+        session.last_errors = rows.failures
+    parts = partitions(session, rows.prompts, rows.problems, job, size)
+    progress.start(len(parts), "partition", long=len(parts) > 1)
+    progress.note(f"on {len(client.nthreads())} workers")
     futures: list[Any] = []
     try:
         # One message for the whole job; each partition is one task, named so that it can be found and cancelled.
-        futures = client.map(answer, [[values[p] for p in part] for part in parts], job=job,
-                             key=[f"{token}-{i}" for i in range(len(parts))])
+        futures = client.map(answer, [[rows.values[p] for p in part] for part in parts], job=job,
+                             key=[f"{job.token}-{i}" for i in range(len(parts))])
         index = {future.key: i for i, future in enumerate(futures)}
         for future in distributed.as_completed(futures):
             part = parts[index[future.key]]
             replies, failed = _result(future, distributed)
             for pos, reply in zip(part, replies):
-                results[pos] = reply
-            new = [ItemError(part[q], labels[part[q]], reason) for q, reason in failed]
-            failures.extend(new)
+                rows.replies[pos] = reply
+            new = [rows.fail(part[q], reason) for q, reason in failed]
             if new and errors == "raise":
                 session.last_errors = new
-                line = _summary(new, len(values), raised=True).replace("nothing was generated", "the job was stopped")
+                line = summary(new, len(rows), raised=True).replace("nothing was generated", "the job was stopped")
                 raise LlamaError(f"llama.map: {line}")
-            bar.update(1)
+            progress.advance(1)
     finally:
-        bar.close()
+        progress.close()
         pending = [f for f in futures if not f.done()]
         if pending:  # an interrupt or an error: the rest of the job is not wanted
             client.cancel(pending)
-    failures.sort(key=lambda f: f.position)
-    session.last_errors = failures
-    if failures and errors == "warn":
-        from ct2_magics.notebook.markup import inert_text
-
-        print(inert_text(f"llama.map: {_summary(failures, len(values))}"), file=sys.stderr)
-    if series is None:
-        return results
-    pd = sys.modules["pandas"]
-    return pd.Series(results, index=series.index, name=series.name, dtype=object)
-
-
-def _values(items: Any, series: Any) -> tuple[list[Any], list[Any]]:
-    if series is not None:
-        return series.tolist(), list(series.index)
-    values = _items(items, "map", "items")
-    return values, list(range(len(values)))
+    result = rows.result()
+    session.last_errors = rows.failures
+    return result
 
 
 def _result(future: Any, distributed: Any) -> tuple[list[str | None], list[tuple[int, str]]]:
@@ -93,7 +70,7 @@ def _result(future: Any, distributed: Any) -> tuple[list[str | None], list[tuple
         raise LlamaError(f"llama.map: the workers running a partition kept dying ({e}); they may be out of memory.") from None
 
 
-def partitions(session: Session, texts: list[str], problems: dict[int, str], job: Job, size: int) -> list[list[int]]:
+def partitions(session: Context, texts: list[str], problems: dict[int, str], job: Job, size: int) -> list[list[int]]:
     """Positions of each partition, in whole batches: local llama.map's own when the kernel holds the model, else in order.
 
     With the model here, items are put in the order local llama.map batches them (by prompt length), and each

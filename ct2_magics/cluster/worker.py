@@ -8,14 +8,17 @@ import os
 import pickle
 import sys
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distributed import WorkerPlugin, get_worker
 
-from ct2_magics.core.batch import ItemError
-from ct2_magics.errors import LlamaError
+from ct2_magics.core.context import Context
+from ct2_magics.core.items import ItemError
+from ct2_magics.core.session import Session, get_session
+from ct2_magics.errors import LlamaError, first_line
 
 PLUGIN = "ct2-magics-model"
 # glibc's mallopt parameters, and the largest thresholds its own sliding policy reaches on 64-bit machines.
@@ -23,6 +26,8 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD_MAX = 32 * 2**20
 _LOCAL_LOCK = threading.Lock()  # partitions that run in the client's own process (Dask's local schedulers)
 _JOBS: dict[str, list[Any]] = {}  # per-item failures of lazy jobs, by job token, in the client's process
+# The session each job was made from, for partitions that Dask runs in the client's own process.
+_SESSIONS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class Job:
     batch_size: int
     options: dict[str, Any]
     settings: dict[str, Any]  # the client's LlamaSettings, so the worker fits prompts and fills defaults alike
+    token: str = ""  # names the job: its tasks, its failures, and the session it was made from
 
 
 class ModelPlugin(WorkerPlugin):
@@ -65,6 +71,7 @@ class ModelPlugin(WorkerPlugin):
 
     def __init__(self, spec: ModelSpec, settings: dict[str, Any]) -> None:
         self.spec, self.settings = spec, settings
+        self.session: Session | None = None  # the worker's own, made at setup
 
     def setup(self, worker: Any) -> None:
         _malloc_for_decoding()
@@ -72,15 +79,16 @@ class ModelPlugin(WorkerPlugin):
         self.error: str | None = None
         self.ready = threading.Event()
         self.lock = threading.Lock()  # one partition at a time: the worker has one model, and last_errors is per session
+        # The worker process's own session (what `client.run(lambda: ct2_magics.llama.status())` shows there); the
+        # partition tasks use this one, handed to them by the plugin.
+        self.session = get_session()
         # Loading can take minutes (a Hub download); a thread keeps the worker answering its scheduler meanwhile.
         threading.Thread(target=self._load, args=(worker.local_directory, worker.state.nthreads), name="ct2-magics-load",
                          daemon=True).start()
 
     def _load(self, local_directory: str, nthreads: int) -> None:
-        from ct2_magics.core.session import get_session
-
+        session = self.session
         try:
-            session = get_session()
             _apply(session, self.settings)
             # A worker's threads are the cores it may use: its model decodes on that many (Dask's nanny sets
             # OMP_NUM_THREADS=1 otherwise), and a one-thread worker gets no extra batch workers of its own.
@@ -94,8 +102,8 @@ class ModelPlugin(WorkerPlugin):
         except LlamaError as e:
             self.error = str(e)
         except Exception as e:  # a broken install or a full disk must still name the worker, in one line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            self.error = f"{type(e).__name__}: {first}" if first else type(e).__name__
+            first = first_line(e)
+            self.error = type(e).__name__ if first == type(e).__name__ else f"{type(e).__name__}: {first}"
         finally:
             self.ready.set()
 
@@ -120,10 +128,9 @@ class ModelPlugin(WorkerPlugin):
         return None if self.error is None else f"{self.where} cannot load {self.spec.model}: {self.error}"
 
     async def teardown(self, worker: Any) -> None:
-        from ct2_magics.core.session import get_session
-
         await asyncio.to_thread(self.ready.wait)
-        await asyncio.to_thread(get_session().unload)
+        if self.session is not None:
+            await asyncio.to_thread(self.session.unload)
 
 
 def _malloc_for_decoding() -> None:
@@ -171,13 +178,13 @@ async def load_report(dask_worker: Any) -> str | None:
 
 
 def answer(values: list[Any], job: Job) -> tuple[list[str | None], list[tuple[int, str]]]:
-    """Replies to one partition through the session's own llama.map, and (position, reason) for each failed item."""
-    from ct2_magics.core.session import get_session
-
-    session = get_session()
+    """Replies to one partition through its session's own llama.map, and (position, reason) for each failed item."""
     worker = _current_worker()
     settings: dict[str, Any] = {}
-    if worker is None:  # the kernel's own session: its model and settings are the job's
+    if worker is None:  # the session the job was made from: its model and settings are the job's
+        session = _SESSIONS.get(job.token)
+        if session is None:
+            raise LlamaError("the session this job was made from is gone (the kernel was reset); rerun the call.")
         lock = _LOCAL_LOCK
         if session.engine is None:
             revision, file, quantization = job.spec.source
@@ -191,11 +198,11 @@ def answer(values: list[Any], job: Job) -> tuple[list[str | None], list[tuple[in
         plugin.ready.wait()
         if plugin.error is not None:
             raise LlamaError(f"{plugin.where} cannot load {job.spec.model}: {plugin.error}")
-        lock, settings = plugin.lock, job.settings
+        session, lock, settings = plugin.session, plugin.lock, job.settings
     with lock:
         _apply(session, settings)
-        replies = session.map(values, job.template, system=job.system, batch_size=job.batch_size, progress=False,
-                              errors="ignore", **job.options)
+        replies = session.map(values, job.template, system=job.system, batch_size=job.batch_size, errors="ignore",
+                              **job.options)
         failures = [(e.position, e.reason) for e in session.last_errors]
     return replies, failures
 
@@ -214,6 +221,11 @@ def answer_series(part: Any, job: Job, token: str, partition_info: dict | None =
         else:  # the event travels on the same stream as the task's result, so it reaches the client first
             worker.log_event(token, {"failures": pickle.dumps(report)})
     return pd.Series(replies, index=part.index, name=part.name, dtype=object)
+
+
+def bind(job: Job, session: Context) -> None:
+    """The session that partitions of `job` run in this process use (Dask's local schedulers)."""
+    _SESSIONS[job.token] = session
 
 
 def job_errors(token: str) -> list[Any]:

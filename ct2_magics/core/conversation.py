@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ct2_magics.errors import LlamaError, check_text
 
@@ -119,6 +120,7 @@ class Chats:
         self._lock = threading.RLock()
         self._default_system = default_system
         self.on_new: list[Callable[[Chat], None]] = []  # told of each chat created, e.g. to save it as it changes
+        self.on_record: list[Callable[[Chat, Turn], None]] = []  # told of each reply recorded, e.g. to prefill the next
 
     def get(self, name: str | None = "default", create: bool = True) -> Chat:
         name = chat_name(name)
@@ -134,6 +136,13 @@ class Chats:
                     except Exception:  # a broken listener must never stop a chat from being made
                         pass
             return self._chats[name]
+
+    def record(self, name: str, turn: Turn) -> None:
+        """Record a reply's turn in chat `name` (made if need be), then tell the on_record hooks."""
+        chat = self.get(name)
+        chat.record(turn)
+        for fn in list(self.on_record):
+            fn(chat, turn)
 
     def __iter__(self):
         with self._lock:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ct2_magics.core.settings import REFERENCE_MODEL
 from ct2_magics.errors import LlamaError
 from ct2_magics.models.hub import HubUnreachable
-from ct2_magics.core.settings import REFERENCE_MODEL
 
 if TYPE_CHECKING:
-    from ct2_magics.core.session import Session
+    from ct2_magics.core.context import Context
 
 
-def load_default(session: Session) -> Any:
+def load_default(session: Context) -> Any:
     """Load LlamaSettings.model; when that is the reference model and it is neither cached nor reachable, smollm2."""
     from ct2_magics.models import smollm2
 

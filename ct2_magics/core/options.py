@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 import numbers
 import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ct2_magics.errors import LlamaError
 
@@ -114,6 +115,14 @@ OPTIONS: tuple[Option, ...] = (
 )
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 NAMES: tuple[str, ...] = tuple(BY_NAME)
+
+
+def spell(name: str, origin: str) -> str:
+    """An option as the front end `origin` writes it: -n in the magic, the max tokens field in the panel, else its name."""
+    option = BY_NAME[name]
+    if origin == "magic":
+        return option.flags[0]
+    return f"the {option.label} field" if origin == "panel" else name
 
 
 def check_options(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,15 +8,18 @@ prefill (CTranslate2 cannot stop one half way).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from ct2_magics.errors import LlamaError
+from ct2_magics.core.context import Context
 from ct2_magics.core.options import resolve
+from ct2_magics.core.planning import prompt_budget
 from ct2_magics.core.prefix_cache import SPLIT_MIN_TOKENS
+from ct2_magics.errors import LlamaError
 
 if TYPE_CHECKING:
+    from ct2_magics.core.conversation import Chat, Turn
     from ct2_magics.core.engine import Engine
-    from ct2_magics.core.session import Session
 
 # The model must be idle this long first: cells run one after another (Run All, a loop of llama.ask) start
 # within milliseconds of the reply before, so they never wait for a prefill they would not use.
@@ -24,12 +27,19 @@ PREFILL_AFTER_S = 0.5
 MB = 2**20
 
 
-def watch(session: Session) -> None:
-    """Empty the cache in idle time when prefix_cache_mb drops below what it holds."""
+def watch(session: Context) -> None:
+    """Prefill a chat's next turn after each complete reply, and empty the cache in idle time when prefix_cache_mb
+    drops below what it holds."""
     session.settings.observe(lambda change: _new_limit(session, change["new"]), names=["prefix_cache_mb"])
+    session.chats.on_record.append(lambda chat, turn: _recorded(session, chat, turn))
 
 
-def schedule(session: Session, chat: str) -> None:
+def _recorded(session: Context, chat: Chat, turn: Turn) -> None:
+    if turn.status == "complete":  # a stopped reply is often undone or asked again: no prefill after it
+        schedule(session, chat.name)  # read the chat so far into the cache while the user reads
+
+
+def schedule(session: Context, chat: str) -> None:
     """Prefill `chat`'s next turn once the model is idle (replacing a prefill that has not started).
 
     Called when a reply is recorded. After an undo the prefix prefilled before the undone turn serves, if
@@ -40,7 +50,7 @@ def schedule(session: Session, chat: str) -> None:
         session.owner.when_idle(lambda engine, waiting: warm(session, engine, chat, waiting), after=PREFILL_AFTER_S)
 
 
-def warm(session: Session, engine: Engine, chat: str, waiting: Callable[[], bool]) -> str:
+def warm(session: Context, engine: Engine, chat: str, waiting: Callable[[], bool]) -> str:
     """Prefill the prompt of `chat`'s next turn up to the new user message; what happened (see Engine.prefill)."""
     engine.clear_cache(over_budget=True)  # a lower prefix_cache_mb whose own job this one replaced
     if not session.settings.prefill:
@@ -53,14 +63,14 @@ def warm(session: Session, engine: Engine, chat: str, waiting: Callable[[], bool
     if len(prefix) < SPLIT_MIN_TOKENS:
         return "short"  # the next request would not split there (see SPLIT_MIN_TOKENS)
     sampling = resolve({}, session.settings, engine.defaults)
-    if len(prefix) >= min(session.settings.max_context, engine.context_length) - sampling.max_tokens:
+    if len(prefix) >= prompt_budget(session.settings, engine, sampling.max_tokens):
         return "too long for the context"  # the next request leaves turns out, so this prefix would not be used
     if waiting():
         return "waiting"
     return engine.prefill(prefix, waiting)
 
 
-def _new_limit(session: Session, mb: int) -> None:
+def _new_limit(session: Context, mb: int) -> None:
     engine = session.engine
     if engine is None:
         return

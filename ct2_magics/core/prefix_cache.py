@@ -9,8 +9,9 @@ stays within a memory budget and clears the cache (unload + load) when it would 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 # Pieces of fewer rows go through CTranslate2's int8 CPU GEMM (oneDNN) another way. Measured on SmolLM2
 # int8 (AVX-512 VNNI), a 52-token prompt sent as static prompt + rest gave the whole prompt's greedy reply

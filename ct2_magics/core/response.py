@@ -4,31 +4,25 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any
 
-from ct2_magics.core.conversation import Chat, Chats, Turn, chat_name, fit_to_context
-from ct2_magics.errors import LlamaError, check_text
+from ct2_magics.core.context import Context
+from ct2_magics.core.conversation import Turn, chat_name, fit_to_context
+from ct2_magics.core.decoding import Stats
 from ct2_magics.core.options import Sampling, check_options, resolve
-from ct2_magics.core.owner import ModelOwner, Stopped, Use
-from ct2_magics.core.prefill import schedule
+from ct2_magics.core.owner import Stopped, Use
+from ct2_magics.core.planning import prompt_budget
+from ct2_magics.errors import LlamaError, check_text
 
 if TYPE_CHECKING:
-    from ct2_magics.core.engine import Engine, Stats
-    from ct2_magics.core.settings import LlamaSettings
+    from ct2_magics.core.engine import Engine
 
 FINAL = ("complete", "stopped", "interrupted", "failed")
-
-
-class Context(Protocol):
-    """What a reply needs of the session: settings, chats, the model's owner, and a model."""
-
-    settings: LlamaSettings
-    chats: Chats
-    owner: ModelOwner
-    last_errors: list[Any]
-
-    def ensure_engine(self) -> Engine: ...
+# What an empty prompt is told, in the words of the front end it came from.
+EMPTY_PROMPT = {"magic": "write something after the %%llama line", "panel": "type a message first",
+                "python": "pass the text to ask"}
 
 
 @dataclass
@@ -44,20 +38,21 @@ class Request:
     options: dict[str, Any] = field(default_factory=dict)
     # Sent before the prompt for this turn only and never kept in the chat (e.g. %llama explain's instructions).
     instructions: str | None = None
+    origin: str = "python"  # the front end that asked: python | magic | panel (its words are used in messages)
 
     def checked(self) -> Request:
         """This request with its names and values checked; LlamaError saying what is wrong otherwise."""
         if not isinstance(self.prompt, str):
             raise LlamaError(f"The prompt must be text (a str); got {type(self.prompt).__name__}.")
         if not self.prompt.strip():
-            raise LlamaError("The prompt is empty; write something after the %%llama line.")
+            raise LlamaError(f"The prompt is empty; {EMPTY_PROMPT.get(self.origin, EMPTY_PROMPT['python'])}.")
         check_text(self.prompt, "prompt")
         if self.system is not None:
             if not isinstance(self.system, str):
                 raise LlamaError(f"The system prompt must be text (a str); got {type(self.system).__name__}.")
             check_text(self.system, "system prompt")
         return Request(self.prompt, chat_name(self.chat), self.system, bool(self.new), bool(self.once), self.cell_id,
-                       check_options(self.options), self.instructions)
+                       check_options(self.options), self.instructions, self.origin)
 
 
 class Response:
@@ -82,8 +77,9 @@ class Response:
         self.sampling: Sampling | None = None
         self.prompt_ids: list[int] | None = None
         self._history: list[dict[str, str]] = []  # the prompt's messages before the new one
-        self.on_waiting: Callable[[bool], None] = lambda waiting: None  # told while another request holds the model
-        self.on_start: Callable[[], None] = lambda: None  # told when the prompt is ready and decoding begins
+        # Lists, so that one consumer (the magic, the panel, a test) never replaces another's.
+        self.on_waiting: list[Callable[[bool], None]] = []  # told while another request holds the model
+        self.on_start: list[Callable[[], None]] = []  # told when the prompt is ready and decoding begins
         self._stop = threading.Event()
         self._ending: str | None = None  # how a stream closed from outside ends: "interrupted" after a Ctrl-C
         self._lock = threading.Lock()
@@ -115,7 +111,7 @@ class Response:
         owner = self.session.owner
         try:
             self.session.ensure_engine()  # loads the default model when none is loaded
-            with owner.turn(use, self.on_waiting) as engine:
+            with owner.turn(use, self._waiting) as engine:
                 self._begin(engine)
                 stream = engine.stream(self.prompt_ids, self.sampling, self.stats, self._stop,
                                        split=engine.chat_split(self._history, self.prompt_ids))
@@ -155,11 +151,7 @@ class Response:
         history = ([{"role": "system", "content": system}] if system else []) + [m for t in turns for m in t.messages()]
         prompt = req.prompt if not req.instructions else f"{req.instructions}\n\n{req.prompt}"
         messages = history + [{"role": "user", "content": prompt}]
-        context = min(settings.max_context, engine.context_length)
-        budget = context - self.sampling.max_tokens
-        if budget <= 0:
-            raise LlamaError(f"max_tokens ({self.sampling.max_tokens}) leaves no room for the prompt in a {context}-token "
-                             "context; lower -n.")
+        budget = prompt_budget(settings, engine, self.sampling.max_tokens, origin=req.origin)
         messages, dropped = fit_to_context(messages, engine.count_tokens, budget)
         if dropped:
             self.notices.append(f"Left the {dropped} oldest exchange(s) of chat {req.chat!r} out of the prompt to fit "
@@ -174,7 +166,12 @@ class Response:
         if chat is not None and req.system is not None:
             chat.set_system(req.system)
         self.status = "streaming"
-        self.on_start()
+        for fn in list(self.on_start):
+            fn()
+
+    def _waiting(self, waiting: bool) -> None:
+        for fn in list(self.on_waiting):
+            fn(waiting)
 
     def _finish(self, status: str) -> None:
         with self._lock:
@@ -183,9 +180,7 @@ class Response:
             started, self.status = self.status == "streaming", status
         if started and not self.request.once:
             self.turn = Turn(self.request.prompt, self.text, status=status, cell_id=self.request.cell_id)
-            self.session.chats.get(self.request.chat).record(self.turn)
-            if status == "complete":  # a stopped reply is often undone or asked again: no prefill after it
-                schedule(self.session, self.request.chat)  # read the chat so far into the cache while the user reads
+            self.session.chats.record(self.request.chat, self.turn)  # the session's hooks follow (e.g. the prefill)
 
     # -- ending -----------------------------------------------------------------------------------
     def stop(self) -> None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ct2_magics.core.conversation import Chat, Chats, Turn, transcript
-from ct2_magics.errors import LlamaError
 from ct2_magics.core.owner import ModelOwner
+from ct2_magics.core.planning import context_window
 from ct2_magics.core.prefill import watch
 from ct2_magics.core.response import Request, Response
 from ct2_magics.core.settings import LlamaSettings
+from ct2_magics.errors import LlamaError
 
 if TYPE_CHECKING:
     from ct2_magics.core.engine import Engine
@@ -33,10 +35,11 @@ class Session:
         self.chats = Chats(default_system=lambda: self.settings.system)
         self._load_lock = threading.RLock()
         self.last_errors: list[Any] = []  # per-item failures of the last generate/map
+        self.last_result: Any = None  # what an interrupted generate/map had answered
         self.notify: Callable[[str], None] = lambda line: None  # one-line notices; the magics set a printer
         self.idle_error: str | None = None  # why the last idle-time prefill failed, for status()
         self.owner.on_idle_error = lambda e: setattr(self, "idle_error", f"{type(e).__name__}: {e}")
-        watch(self)  # a lower prefix_cache_mb empties the cache in idle time
+        watch(self)  # prefill after each complete reply; a lower prefix_cache_mb empties the cache in idle time
 
     # -- model --------------------------------------------------------------------------------
     @property
@@ -54,9 +57,9 @@ class Session:
 
         The new model is checked in full before the loaded one is freed; if it fails, the loaded one stays.
         """
-        from ct2_magics.models import hub
         from ct2_magics.core.device import check_request
         from ct2_magics.core.engine import Engine
+        from ct2_magics.models import hub
 
         if model is not None and not isinstance(model, str) and hasattr(model, "__fspath__"):
             model = str(model)
@@ -118,13 +121,13 @@ class Session:
         return Response(self, request)
 
     def generate(self, prompts: Any, **kwargs: Any) -> list[str | None]:
-        """Answer many independent prompts in batches, in input order; see ct2_magics.core.batch.generate."""
+        """Answer many independent prompts in batches, in input order; see core/batch.py generate."""
         from ct2_magics.core.batch import generate
 
         return generate(self, prompts, **kwargs)
 
     def map(self, items: Any, template: str = "{}", **kwargs: Any) -> Any:
-        """Fill `template` with each item and answer each, batched; a Series keeps its index."""
+        """Fill `template` with each item and answer each, batched, on this kernel's model; a Series keeps its index."""
         from ct2_magics.core.batch import map_items
 
         return map_items(self, items, template, **kwargs)
@@ -157,7 +160,7 @@ class Session:
             "compute_type": None if e is None else e.compute_type,
             "threads": None if e is None else e.threads,
             "batch_workers": None if e is None else e.batch_workers,
-            "context_length": None if e is None else min(e.context_length, self.settings.max_context),
+            "context_length": None if e is None else context_window(self.settings, e),
             "chats": {c.name: len(c.turns) for c in self.chats},
             "prompt_cache": None if e is None else {**e.prefixes.summary(), "pending": self.owner.idle_pending,
                                                     "error": self.idle_error},

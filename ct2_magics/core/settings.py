@@ -9,8 +9,8 @@ from typing import Any
 from traitlets import Bool, CFloat, CInt, Enum, TraitError, TraitType, Unicode, default, validate
 from traitlets.config import Configurable
 
-from ct2_magics.errors import LlamaError, check_text
 from ct2_magics.core.options import OPTIONS, Option
+from ct2_magics.errors import LlamaError, check_text
 
 REFERENCE_MODEL = "avans06/Meta-Llama-3.2-8B-Instruct-ct2-int8_float16"
 

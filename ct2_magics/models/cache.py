@@ -10,8 +10,9 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ct2_magics.errors import LlamaError
 from ct2_magics.models.spec import STORAGE_TYPES

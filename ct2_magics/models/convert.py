@@ -6,9 +6,10 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ct2_magics.errors import LlamaError, first_line
 from ct2_magics.models.hub import SAFETENSORS_FILES, SAFETENSORS_IGNORE, is_repo_id

@@ -5,11 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ct2_magics.models import sources
 from ct2_magics.errors import LlamaError
+from ct2_magics.models import sources
 from ct2_magics.models.quiet import quiet_libraries
 
 # What a converted model needs, by exact name (a wildcard such as vocabulary.* would also fetch

@@ -46,8 +46,8 @@ def _start_autosave(shell: Any, session: Session) -> AutoSaver | None:
 
 
 def load(shell: Any) -> None:
-    from ct2_magics.notebook.magics import LlamaMagics
     from ct2_magics.core.session import get_session
+    from ct2_magics.notebook.magics import LlamaMagics
 
     if id(shell) in _state:
         return

@@ -6,8 +6,9 @@ import linecache
 import re
 import sys
 import traceback
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 VALUE_LIMIT = 4000  # characters of one substituted value
 TABLE_ROWS, TABLE_COLS = 20, 10

@@ -5,22 +5,21 @@ from __future__ import annotations
 import builtins
 import keyword
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from ct2_magics.core import options
-
-from ct2_magics.notebook import interpolate as prompts
-
-from ct2_magics.notebook import render
 from ct2_magics.core.conversation import transcript_sections
-from ct2_magics.errors import LlamaError, LlamaInterrupted
-from ct2_magics.notebook.magic_args import HELP, cell_parser, line_parsers, split, system_line
-from ct2_magics.notebook.markup import inert_text
 from ct2_magics.core.response import Request
 from ct2_magics.core.session import Session
+from ct2_magics.errors import LlamaError, LlamaInterrupted
+from ct2_magics.notebook import interpolate as prompts
+from ct2_magics.notebook import render
+from ct2_magics.notebook.magic_args import HELP, cell_parser, line_parsers, split, system_line
+from ct2_magics.notebook.markup import inert_text
 
 # IPython's own names in a notebook's namespace: the output and input caches.
 _IPYTHON_NAMES = re.compile(r"_+|_i{1,3}|_i?\d+|_[ido]h")
@@ -110,7 +109,7 @@ class LlamaMagics(Magics):
                 self.session.notify(f"Left {', '.join(missing)} as written: no such variable or cell "
                                     "(write {{ and }} for literal braces, or use --no-vars).")
         return Request(prompt, chat=args.chat, system=args.system, new=args.new, once=args.once,
-                       cell_id=self.cell_id, options={n: getattr(args, n) for n in options.NAMES})
+                       cell_id=self.cell_id, options={n: getattr(args, n) for n in options.NAMES}, origin="magic")
 
     def _deliver(self, reply: str, fmt: str, out: str | None) -> None:
         """Hand the finished reply to the notebook: offered as the next cell, parsed, stored in `out`."""
@@ -231,7 +230,7 @@ class LlamaMagics(Magics):
         report = prompts.error_report(self.last_error, shell.compile._filename_map, shell.history_manager.input_hist_raw)
         request = Request(prompts.explain_question(report), chat=args.chat or "explain", new=args.chat is None,
                           cell_id=self.cell_id, options={n: getattr(args, n) for n in options.NAMES},
-                          instructions=prompts.EXPLAIN_INSTRUCTIONS)
+                          instructions=prompts.EXPLAIN_INSTRUCTIONS, origin="magic")
         self._show(self.session.respond(request))
 
     def _cmd_convert(self, args: Any) -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 import threading
 import unicodedata
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
 
 LINK_SCHEMES = ("http", "https", "mailto")
 # Pygments' short token classes all start with one of these letters; each maps to a colour of

@@ -5,18 +5,19 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ipywidgets as widgets
 
 from ct2_magics.core.conversation import Chat, Turn
-from ct2_magics.errors import LlamaError
-from ct2_magics.notebook.markup import Streaming, inert_text
 from ct2_magics.core.options import OPTIONS
-from ct2_magics.notebook.render import reply_bundle
 from ct2_magics.core.response import Request, Response
 from ct2_magics.core.session import Session
+from ct2_magics.errors import LlamaError
+from ct2_magics.notebook.markup import Streaming, inert_text
+from ct2_magics.notebook.render import reply_bundle
 
 # The shortcut appends this to the input and fires its input event: the send signal then rides in the same
 # ordered state sync as the text, where a click (a custom message) could overtake text the front end still buffers.
@@ -121,13 +122,13 @@ class ChatPanel:
                 return False
             options = {o.name: getattr(self, o.name).value for o in OPTIONS if getattr(self, o.name).value.strip()}
             try:  # checked here, at once: a bad setting is one line and asks nothing, records nothing
-                response = self.session.respond(Request(text, chat=self.chat.name, options=options))
+                response = self.session.respond(Request(text, chat=self.chat.name, options=options, origin="panel"))
             except LlamaError as e:
                 if _restore is not None:
                     self.chat.record(_restore)
                 self._say(str(e), error=True)
                 return False
-            response.on_waiting = self._on_waiting
+            response.on_waiting.append(self._on_waiting)
             self._pending, self._response, self._waiting = text, response, False
             self._partial = Streaming(remote_images=self.session.settings.remote_images)
             if from_input:

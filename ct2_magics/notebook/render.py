@@ -9,7 +9,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ct2_magics.notebook.markup import Streaming, bundle, inert_text, sections_html, to_html
 
@@ -153,7 +154,8 @@ def show(response: Any, shell: Any, *, mode: str = "auto", rate: float = 15.0, p
         start()
         view.waiting(waiting)
 
-    response.on_waiting, response.on_start = waiting, begin
+    response.on_waiting.append(waiting)
+    response.on_start.append(begin)
     reader = iter(response)
     interrupted = False
     try:

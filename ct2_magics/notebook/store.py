@@ -10,8 +10,9 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from ct2_magics.core.conversation import Chat, Chats, Turn
 from ct2_magics.errors import LlamaError
