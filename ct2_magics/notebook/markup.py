@@ -118,7 +118,12 @@ class Streaming:
         return _cleaner(self.remote_images).clean(_markdown(self.remote_images).render(block))
 
 
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")  # for cutting a stream into blocks; fenced_code parses for real
+
+
+def fenced_code(text: str) -> list[str]:
+    """The bodies of the fenced code blocks in markdown `text`, in order, as the renderer reads them (in list items too)."""
+    return [token.content for token in _markdown(False).parse(text) if token.type == "fence"]
 
 
 def split_blocks(text: str) -> list[str]:

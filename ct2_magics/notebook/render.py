@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import signal
 import sys
 import threading
@@ -12,9 +11,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ct2_magics.notebook.markup import Streaming, bundle, inert_text, sections_html, to_html
+from ct2_magics.notebook.markup import Streaming, bundle, fenced_code, inert_text, sections_html, to_html
 
-_FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,})(.*)$", re.MULTILINE)  # any indent: fences nest in list items
 _MARKS = {"interrupted": "⏹ *interrupted*", "stopped": "⏹ *stopped*"}
 _PLAIN_MARKS = {status: f"[{status}]" for status in _MARKS}
 
@@ -210,17 +208,8 @@ def show_transcript(sections: list[tuple[str, str]], shell: Any, mode: str = "au
 
 def code_block(text: str) -> str | None:
     """The body of the first fenced code block in `text` (an unclosed one runs to the end), or None."""
-    opener = _FENCE.search(text)
-    if opener is None:
-        return None
-    fence = opener.group(2)
-    body_start = text.find("\n", opener.end())
-    if body_start < 0:
-        return None
-    closer = re.compile(rf"^ {{0,3}}{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$", re.MULTILINE)
-    end = closer.search(text, body_start + 1)
-    body = text[body_start + 1:end.start() if end else len(text)]
-    return body.strip("\n")
+    blocks = fenced_code(text)
+    return blocks[0].strip("\n") if blocks else None
 
 
 def json_value(text: str) -> Any:
