@@ -43,5 +43,11 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     "$PY" -m pip install -q --progress-bar off torch==2.13.0
 fi
 
-# 5. The tests, the slow ones included (a plain `python -m pytest` skips them).
+# 5. The architecture and the linter (pyproject.toml): layers one way (import-linter's contract) and ruff.
+log "lint-imports; ruff check ct2_magics"
+"$PY" -c "import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports(no_cache=True))" \
+    || { log "the layer contract is broken (above)"; exit 1; }
+"$PY" -m ruff check ct2_magics || { log "ruff found problems (above)"; exit 1; }
+
+# 6. The tests, the slow ones included (a plain `python -m pytest` skips them).
 exec "$PY" -m pytest -q --slow "$@"

@@ -39,10 +39,6 @@ def _assets_class() -> type:
     return PanelAssets
 
 
-def _assets() -> widgets.DOMWidget:
-    return _assets_class()()
-
-
 def _message(role: str, data: dict[str, str]) -> dict[str, Any]:
     return {"output_type": "display_data", "data": data, "metadata": {"role": role}}
 
@@ -94,7 +90,7 @@ class ChatPanel:
                                           selected_index=None)
         buttons = widgets.HBox([self.send_button, self.stop_button, self.retry_button, self.undo_button,
                                 self.new_chat_button], layout=box(flex_flow="row wrap"))
-        assets = _assets()
+        assets = _assets_class()()
         self.root = widgets.VBox([assets, scroller, self.input, buttons, self.status, self.settings]).add_class("ct2-panel")
         self.root.observe(lambda change: self.close() if change["new"] is None else None, "comm")
 
