@@ -14,7 +14,7 @@ from IPython.core.error import UsageError
 
 from ct2_magics.core import session as session_module
 from ct2_magics.notebook import store
-from helpers import run
+from helpers import run, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -370,3 +370,32 @@ def test_a_killed_kernel_gets_every_completed_turn_back(tmp_path, demo_model, lo
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+# -- store.put goes through the chat ---------------------------------------------------------------
+def test_restoring_a_chat_is_one_change_under_its_lock(llama):
+    import threading
+
+    from ct2_magics.core.conversation import Chat, Turn
+
+    chat = llama.chat()
+    chat.set_system("old")
+    chat.record(Turn("old question", "old answer"))
+    told: list[list[dict]] = []
+    chat.observe(lambda c: told.append(c.messages()))
+    seen: list[list[dict]] = []
+
+    def turns():  # a reader looks at the chat while the new turns are still being read
+        yield Turn("new question", "new answer")
+        reader = threading.Thread(target=lambda: seen.append(chat.messages()))
+        reader.start()
+        reader.join(0.5)
+        yield Turn("another", "one")
+
+    old = [{"role": "system", "content": "old"}, *Turn("old question", "old answer").messages()]
+    new = [{"role": "system", "content": "new"}, *Turn("new question", "new answer").messages(),
+           *Turn("another", "one").messages()]
+    assert store.put(llama.chats, Chat("default", system="new", turns=turns())) == 1
+    assert wait_for(lambda: seen)
+    assert seen[0] in (old, new)  # never the new system prompt with the old turns
+    assert chat.messages() == new and told == [new]  # observers were told once, of the whole change

@@ -188,12 +188,7 @@ def set_aside(path: Path) -> Path:
 
 def put(chats: Chats, saved: Chat) -> int:
     """Make the chat named like `saved` hold its system prompt and turns; return how many turns it held."""
-    chat = chats.get(saved.name)
-    before = len(chat.turns)
-    chat.system = saved.system
-    chat.turns[:] = saved.turns
-    chat.changed()
-    return before
+    return chats.get(saved.name).replace(saved.turns, saved.system)
 
 
 def count(chats: Iterable[Chat]) -> str:
