@@ -14,7 +14,7 @@ from IPython.core.error import UsageError
 
 from ct2_magics.core import session as session_module
 from ct2_magics.notebook import store
-from helpers import run
+from helpers import run, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -36,12 +36,12 @@ def open_notebook(shell, path: Path, fresh_kernel: bool = True) -> None:
 
 @pytest.fixture
 def notebook(shell, tmp_path):
-    """The shell as the kernel of tmp_path/nb.ipynb, with the demo model loaded; yields the save file."""
+    """The shell as the kernel of tmp_path/nb.ipynb, with the demo model loaded; yields this kernel's save file."""
     path = tmp_path / "nb.ipynb"
     open_notebook(shell, path)
     shell.run_line_magic("llama", "load demo")
     try:
-        yield store.notebook_file(str(path))
+        yield store.kernel_file(str(path), store.KERNEL)
     finally:
         shell.user_ns.pop("__session__", None)  # the shell is shared: other tests run outside a notebook
 
@@ -132,7 +132,8 @@ def test_autosave_writes_after_each_change(notebook, shell, llama, data_dir, tmp
     assert len(turns(saved(notebook))) == 1
     run(shell, "%llama reset --chat later")
     assert turns(saved(notebook), "later") == []
-    assert [p.name for p in notebook.parent.iterdir()] == [notebook.name]  # no temp file left behind
+    assert store.notebook_files(str(tmp_path / "nb.ipynb")) == [notebook]
+    assert not [p for p in notebook.parent.iterdir() if p.name.endswith(".tmp")]  # no temp file left behind
 
 
 def test_reload_restores_the_notebooks_chats(notebook, shell, llama, tmp_path, capsys):
@@ -179,7 +180,7 @@ def test_a_corrupt_file_is_set_aside_with_one_line(shell, tmp_path, capsys):
         assert len(llama.chats) == 0
         shell.run_line_magic("llama", "load demo")
         assert run(shell, "%%llama -n 3\nhello").success
-        assert len(turns(saved(file))) == 1 and backups[0].exists()
+        assert len(turns(saved(store.kernel_file(str(path), store.KERNEL)))) == 1 and backups[0].exists()
     finally:
         shell.user_ns.pop("__session__", None)
 
@@ -209,7 +210,7 @@ def test_other_unreadable_files_are_set_aside_too(shell, tmp_path, capsys, conte
     open_notebook(shell, path)
     try:
         assert "Could not read this notebook's saved chats" in one_line(capsys.readouterr().out)
-        assert [p.read_bytes() for p in file.parent.iterdir()] == [content]
+        assert [p.read_bytes() for p in file.parent.glob("*.json")] == [content]
         assert len(session_module.get_session().chats) == 0
         shell.run_line_magic("llama", "load demo")
         assert run(shell, "%%llama -n 2\nhello").success  # the next request works
@@ -370,3 +371,166 @@ def test_a_killed_kernel_gets_every_completed_turn_back(tmp_path, demo_model, lo
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+# -- store.put goes through the chat ---------------------------------------------------------------
+def test_restoring_a_chat_is_one_change_under_its_lock(llama):
+    import threading
+
+    from ct2_magics.core.conversation import Chat, Turn
+
+    chat = llama.chat()
+    chat.set_system("old")
+    chat.record(Turn("old question", "old answer"))
+    told: list[list[dict]] = []
+    chat.observe(lambda c: told.append(c.messages()))
+    seen: list[list[dict]] = []
+
+    def turns():  # a reader looks at the chat while the new turns are still being read
+        yield Turn("new question", "new answer")
+        reader = threading.Thread(target=lambda: seen.append(chat.messages()))
+        reader.start()
+        reader.join(0.5)
+        yield Turn("another", "one")
+
+    old = [{"role": "system", "content": "old"}, *Turn("old question", "old answer").messages()]
+    new = [{"role": "system", "content": "new"}, *Turn("new question", "new answer").messages(),
+           *Turn("another", "one").messages()]
+    assert store.put(llama.chats, Chat("default", system="new", turns=turns())) == 1
+    assert wait_for(lambda: seen)
+    assert seen[0] in (old, new)  # never the new system prompt with the old turns
+    assert chat.messages() == new and told == [new]  # observers were told once, of the whole change
+
+
+# -- two kernels on one notebook ------------------------------------------------------------------
+def test_two_real_kernels_on_one_notebook_keep_both_conversations(tmp_path, demo_model):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CT2_MAGICS_DATA": str(tmp_path / "data"),
+           "CT2_MAGICS_CACHE": os.environ["CT2_MAGICS_CACHE"], "JPY_SESSION_NAME": str(tmp_path / "nb.ipynb")}
+    chats = "import json; from ct2_magics import llama; print(json.dumps({c.name: llama.history(c.name) for c in llama.chats}))"
+    (km_a, a), (km_b, b) = _start_kernel(env), _start_kernel(env)
+    try:
+        assert _execute(a, "%load_ext ct2_magics") == ""
+        _execute(a, "%llama load demo")
+        _execute(a, "%%llama -n 5\nFrom A, first.")
+        warning = _execute(b, "%load_ext ct2_magics")  # the same notebook, open a second time
+        assert one_line(warning).startswith("Another kernel is running this notebook")
+        _execute(b, "%llama load demo")
+        _execute(b, "%%llama -n 5\nFrom B.")
+        _execute(a, "%%llama -n 5\nFrom A, second.")
+        in_a, in_b = json.loads(_execute(a, chats)), json.loads(_execute(b, chats))
+        assert [len(in_a["default"]), len(in_b["default"])] == [4, 2]  # neither kernel took the other's turns
+    finally:
+        for km, kc in ((km_a, a), (km_b, b)):
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+
+    km, kc = _start_kernel(env)  # both restarted: every turn comes back, each conversation as it was
+    try:
+        assert _execute(kc, "%load_ext ct2_magics") == ("Restored 2 chats (3 turns) saved for this notebook; another "
+                                                       "kernel's chat 'default' came back as 'default-2'.\n")
+        assert json.loads(_execute(kc, chats)) == {"default": in_a["default"], "default-2": in_b["default"]}
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    km, kc = _start_kernel(env)  # and once more: the same chats, no turn twice
+    try:
+        assert _execute(kc, "%load_ext ct2_magics") == "Restored 2 chats (3 turns) saved for this notebook.\n"
+        assert json.loads(_execute(kc, chats)) == {"default": in_a["default"], "default-2": in_b["default"]}
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+class Kernel:
+    """A kernel's part in saving, in this process: its own session and AutoSaver, on a notebook path."""
+
+    def __init__(self, notebook: Path, name: str) -> None:
+        from ct2_magics.core.session import Session
+
+        self.session = Session()
+        self.lines: list[str] = []
+        self.session.notify = self.lines.append
+        self.saver = store.AutoSaver(self.session, str(notebook), kernel=name)
+        self.back = self.saver.restore()
+        self.saver.start()
+
+    def ask(self, text: str, chat: str = "default") -> None:
+        from ct2_magics.core.conversation import Turn
+
+        self.session.chat(chat).record(Turn(text, f"reply to {text}"))
+
+    def history(self) -> dict[str, list[str]]:
+        return {c.name: [t.user for t in c.turns] for c in self.session.chats}
+
+    def exit(self) -> None:
+        self.saver.close()  # as when its process ends: its save file may be taken over
+
+
+def test_kernels_writing_at_once_keep_their_own_turns(tmp_path):
+    nb = tmp_path / "nb.ipynb"
+    a = Kernel(nb, "a")
+    a.ask("a1")
+    b = Kernel(nb, "b")  # opened while a runs: told so, and a's chats stay a's
+    assert b.back == [] and len(b.lines) == 1 and b.lines[0].startswith("Another kernel is running this notebook")
+    b.ask("b1")
+    a.ask("a2")
+    b.ask("b2", chat="side")
+    assert a.history() == {"default": ["a1", "a2"]} and b.history() == {"default": ["b1"], "side": ["b2"]}
+    b.exit()
+    time.sleep(0.05)  # file times are coarse (a clock tick): c's save comes clearly after a's last one
+
+    c = Kernel(nb, "c")  # a still runs: c takes over b's chats only, and says a runs
+    assert c.history() == {"default": ["b1"], "side": ["b2"]} and c.saver.renamed == {}
+    assert len(c.lines) == 1 and c.lines[0].startswith("Another kernel is running this notebook")
+    a.exit()
+    c.exit()
+
+    d = Kernel(nb, "d")  # the newest writer keeps the names; a name already taken gets a suffix
+    assert d.history() == {"default": ["b1"], "side": ["b2"], "default-2": ["a1", "a2"]}
+    assert d.saver.renamed == {"default-2": "default"} and d.lines == []
+    assert store.notebook_files(str(nb)) == [d.saver.path]  # the files taken over are gone: no turn comes back twice
+    d.exit()
+    e = Kernel(nb, "e")
+    assert e.history() == d.history() and e.saver.renamed == {}
+
+
+def test_a_crash_mid_write_or_mid_takeover_loses_nothing_and_doubles_nothing(tmp_path):
+    nb = tmp_path / "nb.ipynb"
+    a, b = Kernel(nb, "a"), Kernel(nb, "b")
+    a.ask("a1")
+    time.sleep(0.05)  # file times are coarse: b wrote last, so b's chat keeps its name
+    b.ask("b1")
+    a.exit()
+    b.exit()
+    # a died while writing its file again: the half-written temporary file next to it is not a save file
+    half = a.saver.path.with_name(f".{a.saver.path.name}.x1y2.tmp")
+    half.write_text('{"version": 1, "chats": {"default": {"turns": [{"user": "a2", "assis')
+    kept = {p: p.read_bytes() for p in store.notebook_files(str(nb))}
+
+    c = Kernel(nb, "c")
+    assert c.history() == {"default": ["b1"], "default-2": ["a1"]} and c.saver.renamed == {"default-2": "default"}
+    assert not half.exists() and store.notebook_files(str(nb)) == [c.saver.path]
+    c.exit()
+    for path, data in kept.items():  # as if c had died after saving what it took over, before removing the old files
+        path.write_bytes(data)
+    d = Kernel(nb, "d")
+    assert d.history() == c.history()  # each turn once
+    assert store.notebook_files(str(nb)) == [d.saver.path]
+
+
+def test_an_unreadable_file_of_one_kernel_is_set_aside_and_the_others_come_back(tmp_path):
+    nb = tmp_path / "nb.ipynb"
+    a, b = Kernel(nb, "a"), Kernel(nb, "b")
+    a.ask("a1")
+    b.ask("b1")
+    a.exit()
+    b.exit()
+    a.saver.path.write_text("")  # a power cut after the rename, before the data reached the disk
+    c = Kernel(nb, "c")
+    assert c.history() == {"default": ["b1"]}
+    assert len(c.lines) == 1 and c.lines[0].startswith("Could not read this notebook's saved chats (not valid JSON")
+    backup = Path(c.lines[0].split("kept the file as ")[1].split("; ")[0])
+    assert backup.exists() and backup.read_text() == "" and backup not in store.notebook_files(str(nb))
+    c.exit()
+    d = Kernel(nb, "d")  # the file set aside stays aside: it is neither read again nor reported again
+    assert d.history() == {"default": ["b1"]} and d.lines == [] and backup.exists()

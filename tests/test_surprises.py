@@ -59,6 +59,25 @@ def test_out_refuses_names_that_would_break_the_kernel(shell, llama, capsys, nam
     assert run(shell, "x = 1 + 1").success and run(shell, "%%llama -n 3 -o fine\nhi").success
 
 
+def test_a_name_is_read_as_python_reads_it(shell, llama, capsys):
+    # Pasted from a PDF: "ﬁ" is one character, a ligature; Python reads the name ﬁle as file (NFKC).
+    shell.run_line_magic("llama", "load demo")
+    assert run(shell, "%%llama -n 3 -o \ufb01le\nhi").success
+    assert "\ufb01le" not in shell.user_ns and shell.user_ns["file"] == llama.history()[-1]["content"]
+    assert run(shell, "copy = \ufb01le").success and shell.user_ns["copy"] == shell.user_ns["file"]
+    capsys.readouterr()
+    # a name Python reads as a builtin or a keyword is refused like the builtin or keyword itself
+    err = one_usage_line(capsys, run(shell, "%%llama -n 3 -o \ufb01lter\nhi"))
+    assert "(Python reads it as 'filter') would replace Python's own filter" in err
+    err = one_usage_line(capsys, run(shell, "%%llama -n 3 -o \uff49\uff46\nhi"))  # fullwidth "if"
+    assert "is not a Python variable name (Python reads it as 'if')" in err
+    assert len(llama.chat().turns) == 1 and "filter" not in shell.user_ns  # nothing was asked
+    # {name} in a prompt is the variable Python would read, too
+    assert run(shell, "%%llama -n 3\nThe reply was: {\ufb01le}").success
+    asked = [m["content"] for m in llama.history() if m["role"] == "user"][-1]
+    assert asked == "The reply was: " + shell.user_ns["file"] and "Left" not in capsys.readouterr().out
+
+
 def test_a_blank_chat_name_is_refused_everywhere(shell, llama, capsys, tmp_path):
     shell.run_line_magic("llama", "load demo")
     capsys.readouterr()

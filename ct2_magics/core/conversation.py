@@ -98,6 +98,16 @@ class Chat:
             except Exception:  # a broken view must never break the conversation
                 pass
 
+    def replace(self, turns: Iterable[Turn], system: str | None) -> int:
+        """Hold exactly these turns and this system prompt, as one change; return how many turns it held before."""
+        new = list(turns)  # read outside the lock: readers wait only for the change itself
+        with self._lock:
+            before = len(self.turns)
+            self.system = system or None
+            self.turns[:] = new
+        self.changed()
+        return before
+
 
 def chat_name(name: Any) -> str:
     """A chat's name as given (None: 'default'); LlamaError for one that is not text or is blank."""

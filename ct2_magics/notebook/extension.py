@@ -31,7 +31,7 @@ def _notify(line: str) -> None:
 
 def _start_autosave(shell: Any, session: Session) -> AutoSaver | None:
     """Restore this notebook's saved chats and save them as they change; None outside a notebook."""
-    from ct2_magics.notebook.store import AutoSaver, count, notebook_of
+    from ct2_magics.notebook.store import AutoSaver, notebook_of, restored_line
 
     notebook = notebook_of(shell)
     if notebook is None:
@@ -39,8 +39,8 @@ def _start_autosave(shell: Any, session: Session) -> AutoSaver | None:
     saver = AutoSaver(session, notebook)
     if session.settings.autosave:
         back = saver.restore()
-        if back and not session.settings.quiet:
-            session.notify(f"Restored {count(back)} saved for this notebook.")
+        if back and (saver.renamed or not session.settings.quiet):  # a chat under a new name is said even when quiet
+            session.notify(restored_line(back, saver.renamed))
     saver.start()
     return saver
 

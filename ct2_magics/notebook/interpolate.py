@@ -6,6 +6,7 @@ import linecache
 import re
 import sys
 import traceback
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,10 +45,16 @@ def compact(value: Any, limit: int = VALUE_LIMIT) -> str:
     return truncate(text, limit)
 
 
+def python_name(name: str) -> str:
+    """A name as Python reads it in code: NFKC-normalised, so the ligature in 'ﬁle' (pasted from a PDF) is 'fi'."""
+    return unicodedata.normalize("NFKC", name)
+
+
 def _lookup(expr: str, namespace: Mapping[str, Any]) -> tuple[bool, Any]:
     """(found, value) for a bare name, In[n] or Out[n]; nothing else is looked up, nothing is evaluated."""
     if expr.isidentifier():
-        return (True, namespace[expr]) if expr in namespace else (False, None)
+        name = python_name(expr)
+        return (True, namespace[name]) if name in namespace else (False, None)
     m = _HISTORY.fullmatch(expr)
     if m is None:
         return False, None

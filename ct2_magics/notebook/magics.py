@@ -67,7 +67,7 @@ class LlamaMagics(Magics):
                 self._command(line)
             else:
                 args = self.cell_parser.parse_args(split(line))
-                self._check_variable(args.out)
+                args.out = self._check_variable(args.out)
                 response = self.session.respond(self._request(args, cell))
                 self._show(response, plain=args.format == "text")
                 self._deliver(response.text, args.format, args.out)
@@ -90,16 +90,20 @@ class LlamaMagics(Magics):
                     plain=plain, quiet=self.settings.quiet, remote_images=self.settings.remote_images)
 
     # -- the cell magic ---------------------------------------------------------------------------
-    def _check_variable(self, name: str | None) -> None:
-        """-o NAME must be a name that replaces none of Python's builtins nor IPython's own."""
-        if name is None:
-            return
+    def _check_variable(self, typed: str | None) -> str | None:
+        """The variable -o NAME stores into, read as Python reads names (NFKC: a pasted ligature like 'ﬁ' is 'fi');
+        it must replace none of Python's builtins nor IPython's own."""
+        if typed is None:
+            return None
+        name = prompts.python_name(typed)
+        read = f" (Python reads it as {name!r})" if name != typed else ""
         if not name.isidentifier() or keyword.iskeyword(name):
-            raise LlamaError(f"-o {name}: {name!r} is not a Python variable name.")
+            raise LlamaError(f"-o {typed}: {typed!r} is not a Python variable name{read}; give one like -o reply.")
         ipython = name in getattr(self.shell, "user_ns_hidden", {}) or _IPYTHON_NAMES.fullmatch(name)
         if ipython or hasattr(builtins, name) or (name.startswith("__") and name.endswith("__")):
             whose = "IPython's" if ipython else "Python's"
-            raise LlamaError(f"-o {name} would replace {whose} own {name}; store the reply under another name.")
+            raise LlamaError(f"-o {typed}{read} would replace {whose} own {name}; store the reply under another name.")
+        return name
 
     def _request(self, args: Any, cell: str) -> Request:
         prompt = cell.strip()
