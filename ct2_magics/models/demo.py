@@ -13,7 +13,6 @@ import numpy as np
 from ct2_magics.models.spec import finish, new_spec
 from ct2_magics.models.tokenizer_files import write_tokenizer_files
 
-DEMO_NAME = "demo"
 DEMO_SUBDIR = "demo-v1"
 CACHE_ENV = "CT2_MAGICS_CACHE"
 
