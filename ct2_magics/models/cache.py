@@ -10,17 +10,16 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ct2_magics.errors import LlamaError
-from ct2_magics.models.spec import STORAGE_TYPES
 
 # Bump when the conversion itself changes, so older cache entries are converted again.
 FORMAT = 1
 CACHE_SUBDIR = "converted"
 DONE = "source.json"  # written last: a cache entry without it was never finished
-DEFAULT_STORAGE = "int8"
 # Room beyond the weights themselves: tokenizer and vocabulary files.
 DISK_MARGIN = 64 * 2**20
 
@@ -33,19 +32,6 @@ def cache_root() -> Path:
 
         root = platformdirs.user_cache_dir("ct2-magics")
     return Path(root) / CACHE_SUBDIR
-
-
-def storage_type(quantization: str | None, compute_type: str | None) -> str:
-    """The weight type to store: as asked, else the compute type when it is one, else int8."""
-    for asked in (quantization, compute_type):
-        value = (asked or "").strip().lower()
-        if value in ("", "auto", "default"):
-            continue
-        if value in STORAGE_TYPES:
-            return value
-        if asked is quantization:
-            raise LlamaError(f"Unknown quantization {asked!r}; use one of: {', '.join(STORAGE_TYPES)}.")
-    return DEFAULT_STORAGE
 
 
 def identity(source: Path) -> dict[str, Any]:

@@ -20,8 +20,7 @@ from ct2_magics.models.convert_numpy import NumpyConversion, convertible
 from ct2_magics.models.convert_torch import TorchConversion
 from ct2_magics.models.gguf_model import check_magic
 from ct2_magics.models.hub import SAFETENSORS_FILES, SAFETENSORS_IGNORE, download, fetch, is_repo_id
-
-DEFAULT_QUANTIZATION = "int8_float16"
+from ct2_magics.models.quantization import default_storage, storage_type
 
 
 @dataclass(frozen=True)
@@ -42,18 +41,11 @@ class ConvertSummary:
         return f"{self.output} ({human_size(self.size_bytes)}, {self.model_type}, {quant}{rope})"
 
 
-def valid_quantizations() -> tuple[str, ...]:
-    """The weight types CTranslate2 accepts for `quantization`."""
-    from ctranslate2.specs.model_spec import ACCEPTED_MODEL_TYPES
-
-    return tuple(ACCEPTED_MODEL_TYPES)
-
-
 def convert(
     source: str,
     output: str | Path,
     *,
-    quantization: str | None = DEFAULT_QUANTIZATION,
+    quantization: str | None = default_storage(elsewhere=True),
     revision: str | None = None,
     file: str | None = None,
     force: bool = False,
@@ -63,11 +55,10 @@ def convert(
 
     GGUF files and Llama/Qwen2 safetensors checkpoints are converted with numpy (no torch); other
     transformers architectures go through CTranslate2's own converter, which needs torch.
+    quantization=None keeps the checkpoint's dtype.
     """
-    if quantization is not None and quantization not in valid_quantizations():
-        raise LlamaError(
-            f"unknown quantization {quantization!r}; choose one of: {', '.join(valid_quantizations())}"
-        )
+    if quantization is not None:
+        quantization = storage_type(quantization, elsewhere=True)
     out = Path(output).expanduser()
     local = _local_source(source, file)
     if local is not None and revision:

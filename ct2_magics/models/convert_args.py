@@ -6,20 +6,20 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-QUANTIZATIONS = "int8_float16 (default), int8, int8_float32, int16, float16, bfloat16, float32, or none"
+from ct2_magics.models.quantization import KEEP, default_storage, help_text
 
 
 def _quantization(text: str) -> str | None:
     """--quantization: 'none' keeps the checkpoint's dtype (None for convert()); convert() checks the others."""
-    return None if text.strip().lower() == "none" else text.strip()
+    return None if text.strip().lower() == KEEP else text.strip()
 
 
 def add_convert_arguments(parser: Any) -> None:
     """The arguments of `ct2-magics convert` and `%llama convert` (an argparse parser or IPython's MagicArgumentParser)."""
     parser.add_argument("source", help="a .gguf file, a model folder, or a Hugging Face repo id")
     parser.add_argument("output", help="directory to write the converted model to")
-    parser.add_argument("--quantization", type=_quantization, default="int8_float16",
-                        help=f"weight type: {QUANTIZATIONS} to keep the checkpoint's dtype")
+    parser.add_argument("--quantization", type=_quantization, default=default_storage(elsewhere=True),
+                        help=f"weight type: {help_text(elsewhere=True)}, or {KEEP} to keep the checkpoint's dtype")
     parser.add_argument("--revision", default=None, help="branch, tag or commit of a Hub repo")
     parser.add_argument("--file", default=None, help="which GGUF of a repo or folder: a file name or a quantization (Q4_K_M)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")

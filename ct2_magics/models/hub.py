@@ -5,11 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ct2_magics.models import sources
 from ct2_magics.errors import LlamaError
+from ct2_magics.models import sources
 from ct2_magics.models.quiet import quiet_libraries
 
 # What a converted model needs, by exact name (a wildcard such as vocabulary.* would also fetch
@@ -81,13 +82,14 @@ def prepare(source: sources.Source, label: str, *, quantization: str | None, com
             notify: Callable[[str], None]) -> Path:
     """A converted folder as it is; a GGUF file or safetensors folder converted into the cache (once)."""
     from ct2_magics.models import cache as model_cache
+    from ct2_magics.models.quantization import storage_type
 
     if source.kind == sources.CT2:
         if quantization:
             raise LlamaError(f"{source.path} is converted already, so --quantization does not apply; "
                              "use --compute-type to run it in another type.")
         return check_model_dir(source.path)
-    storage = model_cache.storage_type(quantization, compute_type)
+    storage = storage_type(quantization, compute_type)
     return model_cache.cached(source.path, label=label, quantization=storage, open_model=_opener(source.kind),
                               notify=notify)
 

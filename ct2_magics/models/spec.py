@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ct2_magics.models.quantization import bytes_per_weight
 from ct2_magics.models.rope import Llama3Rope, apply_llama3_rope
 
 if TYPE_CHECKING:
     from ctranslate2.specs.transformer_spec import TransformerDecoderModelSpec
-
-# Weight types a converted model may be stored in. int16 is left out: CTranslate2 gives it one scale
-# per tensor, and a converted SmolLM2 wrote gibberish with it.
-STORAGE_TYPES = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "float16", "bfloat16", "float32")
 
 
 @dataclass(frozen=True)
@@ -48,8 +46,7 @@ class DecoderShape:
 
     def stored_bytes(self, quantization: str) -> int:
         """About the size of model.bin in this storage type."""
-        per = 1 if quantization.startswith("int8") else (4 if quantization == "float32" else 2)
-        return self.parameters() * per
+        return self.parameters() * bytes_per_weight(quantization)
 
 
 def new_spec(layers: int, heads: int, kv_heads: int, *, rope_theta: float, head_dim: int | None = None,
