@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import unicodedata
@@ -10,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ct2_magics.models.cache import cache_root, publish
 from ct2_magics.models.spec import finish, new_spec
 from ct2_magics.models.tokenizer_files import write_tokenizer_files
 
 DEMO_SUBDIR = "demo-v1"
-CACHE_ENV = "CT2_MAGICS_CACHE"
 
 BOS, END_OF_TEXT, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
 SPECIAL_TOKENS = (BOS, END_OF_TEXT, "<|start_header_id|>", "<|end_header_id|>", EOT, "<|eom_id|>",
@@ -45,13 +44,8 @@ LAYER_GAIN = 0.05
 
 
 def demo_dir() -> Path:
-    """Where the demo model lives: the user cache, or $CT2_MAGICS_CACHE when set."""
-    root = os.environ.get(CACHE_ENV)
-    if not root:
-        import platformdirs
-
-        root = platformdirs.user_cache_dir("ct2-magics")
-    return Path(root) / DEMO_SUBDIR
+    """Where the demo model lives, in ct2-magics' cache."""
+    return cache_root() / DEMO_SUBDIR
 
 
 def ensure_demo(path: Path | None = None) -> Path:
@@ -64,7 +58,7 @@ def ensure_demo(path: Path | None = None) -> Path:
     try:
         staging.chmod(0o755)
         build_model(staging)
-        _publish(staging, target)
+        publish(staging, target, _is_complete)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -118,18 +112,6 @@ def save_model(path: Path | str, spec, tokenizer, head: tuple[np.ndarray, np.nda
 def _is_complete(path: Path) -> bool:
     """Whether path holds every file of a built model."""
     return all((path / name).is_file() for name in MODEL_FILES)
-
-
-def _publish(staging: Path, target: Path) -> None:
-    """Rename a finished build into place; when another process got there first, keep its model."""
-    try:
-        os.rename(staging, target)
-    except OSError:
-        if _is_complete(target):
-            return
-        # An incomplete leftover (files deleted by hand): replace it.
-        shutil.rmtree(target, ignore_errors=True)
-        os.rename(staging, target)
 
 
 def train_tokenizer(vocab_merges: int = 1500):
