@@ -11,7 +11,7 @@ import numpy as np
 
 from ct2_magics.models.cache import cache_root, publish
 from ct2_magics.models.spec import finish, new_spec
-from ct2_magics.models.tokenizer_files import write_tokenizer_files
+from ct2_magics.models.tokenizer_files import LLAMA3_SPLIT, write_tokenizer_files
 
 DEMO_SUBDIR = "demo-v1"
 
@@ -22,11 +22,6 @@ GENERATION_PROMPT = "<|start_header_id|>assistant<|end_header_id|>\n\n"
 MODEL_FILES = ("model.bin", "config.json", "vocabulary.json", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "generation_config.json", "README.md")  # fmt: skip
 
-# Llama 3's pre-tokenizer split: punctuation keeps its trailing newlines, digits go in threes.
-SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 # Llama 3's template without the date lines, so it needs no strftime_now or date_string.
 CHAT_TEMPLATE = (
     "{{- bos_token }}{%- for message in messages %}"
@@ -123,7 +118,7 @@ def train_tokenizer(vocab_merges: int = 1500):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )

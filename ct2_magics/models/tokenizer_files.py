@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 CONTROL, USER_DEFINED = 3, 4
 # Split patterns per tokenizer.ggml.pre, as in llama.cpp's llama-vocab.cpp (there adapted for its own regex engine;
 # these are the originals from the models' tokenizer.json, which the `tokenizers` library reads as written).
+# Llama 3's (also the demo model's): punctuation keeps its trailing newlines, digits go in threes.
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
