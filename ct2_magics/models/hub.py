@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ct2_magics.errors import LlamaError
+from ct2_magics.errors import LlamaError, first_line
 from ct2_magics.models import sources
 from ct2_magics.models.quiet import quiet_libraries
 
@@ -208,7 +208,7 @@ def _raise_for_repo(error: BaseException, repo_id: str, revision: str | None) ->
             f"The Hub has no {what}{repo_id} (or it is private), and there is no such local file or folder; check the spelling."
         ) from None
     if isinstance(error, hf_errors.EntryNotFoundError) and not isinstance(error, hf_errors.LocalEntryNotFoundError):
-        raise LlamaError(f"{repo_id} has no such file ({str(error).splitlines()[0][:120]}).") from None
+        raise LlamaError(f"{repo_id} has no such file ({first_line(error, 120)}).") from None
     if isinstance(error, hf_errors.HFValidationError):
         raise LlamaError(f"{repo_id} is neither a local file or folder nor a valid Hugging Face repo id.") from None
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
