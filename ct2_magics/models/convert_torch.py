@@ -93,6 +93,9 @@ def _load_config(model_dir: Path) -> Any:
 
 def _check_supported(config: Any, model_type: str) -> None:
     """Fail early when CTranslate2 has no loader for this config class."""
+    # CTranslate2 has no public list of the architectures its TransformersConverter reads; its private table
+    # _MODEL_LOADERS is that list. pyproject bounds ctranslate2 below 5, and tests/test_private_names.py fails by
+    # name if it goes (here we would only lose the early, clear refusal).
     try:
         from ctranslate2.converters.transformers import _MODEL_LOADERS
     except ImportError:  # private table; without it the converter reports the problem itself
