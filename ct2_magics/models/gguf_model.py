@@ -161,7 +161,8 @@ class GGUFModel:
         add_bos = self.field("tokenizer.ggml.add_bos_token")
         return Vocab(
             model=str(self.field("tokenizer.ggml.model", "")), pre=str(self.field("tokenizer.ggml.pre", "default")),
-            tokens=list(self.field("tokenizer.ggml.tokens", [])), types=[int(t) for t in self.field("tokenizer.ggml.token_type", [])],
+            tokens=list(self.field("tokenizer.ggml.tokens", [])),
+            types=[int(t) for t in self.field("tokenizer.ggml.token_type", [])],
             merges=list(self.field("tokenizer.ggml.merges", [])), bos=token_id("bos_token_id"),
             eos=token_id("eos_token_id"), eot=token_id("eot_token_id"), eom=token_id("eom_token_id"),
             unk=token_id("unknown_token_id"), pad=token_id("padding_token_id"),

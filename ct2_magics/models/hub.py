@@ -117,7 +117,8 @@ def check_model_dir(path: Path) -> Path:
     if not (path / "model.bin").is_file():
         raise LlamaError(f"{path} has no model.bin, so it is not a CTranslate2 model.")
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        raise LlamaError(f"{path} has no tokenizer files (tokenizer.json, tokenizer_config.json); copy them from the original model.")
+        raise LlamaError(f"{path} has no tokenizer files (tokenizer.json, tokenizer_config.json); "
+                         "copy them from the original model.")
     return path
 
 

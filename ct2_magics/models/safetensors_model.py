@@ -63,7 +63,8 @@ class SafetensorsModel:
                 with safe_open(str(file), framework="np") as f:
                     index.update(dict.fromkeys(f.keys(), file))
             except Exception as e:  # safetensors raises its own SafetensorError for a bad header
-                raise LlamaError(f"{file.name} is not a readable safetensors file ({first_line(e)}); download it again.") from None
+                raise LlamaError(f"{file.name} is not a readable safetensors file ({first_line(e)}); "
+                                 "download it again.") from None
         return index
 
     def _shape(self) -> DecoderShape:
