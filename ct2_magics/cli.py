@@ -1,45 +1,20 @@
-"""The `ct2-magics` console script, and the `convert` arguments it shares with `%llama convert`."""
+"""The `ct2-magics` console script: `ct2-magics convert`, with the arguments `%llama convert` takes too."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from ct2_magics.errors import LlamaError
-
-QUANTIZATIONS = "int8_float16 (default), int8, int8_float32, int16, float16, bfloat16, float32, or none"
-
-
-def _quantization(text: str) -> str | None:
-    """--quantization: 'none' keeps the checkpoint's dtype (None for convert()); convert() checks the others."""
-    return None if text.strip().lower() == "none" else text.strip()
+from ct2_magics.models.convert_args import add_convert_arguments, run_convert
 
 
-def add_convert_arguments(parser: Any) -> None:
-    """The arguments of `ct2-magics convert` and `%llama convert`, declared once for both."""
-    parser.add_argument("source", help="a .gguf file, a model folder, or a Hugging Face repo id")
-    parser.add_argument("output", help="directory to write the converted model to")
-    parser.add_argument("--quantization", type=_quantization, default="int8_float16",
-                        help=f"weight type: {QUANTIZATIONS} to keep the checkpoint's dtype")
-    parser.add_argument("--revision", default=None, help="branch, tag or commit of a Hub repo")
-    parser.add_argument("--file", default=None, help="which GGUF of a repo or folder: a file name or a quantization (Q4_K_M)")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
-
-
-def run_convert(args: argparse.Namespace, progress: Callable[[str], None] = print) -> int:
-    """Convert what the parsed `args` say."""
-    from ct2_magics.models.convert import convert
-
-    convert(args.source, args.output, quantization=args.quantization, revision=args.revision, file=args.file,
-            force=args.force, progress=progress)
-    return 0
-
-
-def _add_convert(subparsers: argparse._SubParsersAction) -> None:
-    """Declare the `convert` subcommand."""
-    parser = subparsers.add_parser(
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with its one subcommand, convert."""
+    parser = argparse.ArgumentParser(prog="ct2-magics", description="Tools for the ct2_magics Jupyter extension.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    convert = subparsers.add_parser(
         "convert",
         help="convert a GGUF file or a transformers model (local or a Hub repo id) to CTranslate2",
         description=(
@@ -48,20 +23,9 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
             "GGUF files and Llama/Qwen2 safetensors models need no torch."
         ),
     )
-    add_convert_arguments(parser)
-    parser.set_defaults(handler=run_convert)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="ct2-magics", description="Tools for the ct2_magics Jupyter extension.")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in _SUBCOMMANDS:
-        add(subparsers)
+    add_convert_arguments(convert)
+    convert.set_defaults(handler=run_convert)
     return parser
-
-
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_convert]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

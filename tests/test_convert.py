@@ -12,9 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ct2_magics.models import convert as convert_mod
 from ct2_magics.cli import main
-from ct2_magics.models.convert import DOWNLOAD_PATTERNS, check_llama3_rope, convert, read_rope_attributes
+from ct2_magics.models.convert import convert
+from ct2_magics.models.hub import SAFETENSORS_FILES, SAFETENSORS_IGNORE
+from ct2_magics.models.modelfile import check_llama3_rope, read_rope_attributes
 from ct2_magics.errors import LlamaError
 
 SPECIALS = ["<unk>", "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
@@ -278,7 +279,7 @@ def test_missing_torch_is_one_line_with_install_command(tmp_path: Path, monkeypa
 
 def test_download_patterns_exclude_pickles_and_code() -> None:
     def wanted(name: str) -> bool:
-        return any(fnmatch.fnmatch(name, pattern) for pattern in DOWNLOAD_PATTERNS)
+        return any(fnmatch.fnmatch(name, pattern) for pattern in SAFETENSORS_FILES)
 
     for name in ("pytorch_model.bin", "model.pt", "original/consolidated.00.pth", "x.pkl", "modeling_llama.py", "tokenizer.py"):
         assert not wanted(name), name
@@ -340,7 +341,7 @@ def test_failed_download_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyP
         convert("someone/model", tmp_path / "o", progress=quiet)
     message = str(info.value)
     assert "\n" not in message and message.startswith("Cannot download someone/model: the Hub is unreachable")
-    assert convert_mod.DOWNLOAD_IGNORE == ["original/*"]
+    assert SAFETENSORS_IGNORE == ["original/*"]
 
 
 @pytest.mark.torch

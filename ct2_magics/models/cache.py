@@ -15,38 +15,24 @@ from pathlib import Path
 from typing import Any
 
 from ct2_magics.errors import LlamaError
-from ct2_magics.models.spec import STORAGE_TYPES
 
 # Bump when the conversion itself changes, so older cache entries are converted again.
 FORMAT = 1
+CACHE_ENV = "CT2_MAGICS_CACHE"
 CACHE_SUBDIR = "converted"
 DONE = "source.json"  # written last: a cache entry without it was never finished
-DEFAULT_STORAGE = "int8"
 # Room beyond the weights themselves: tokenizer and vocabulary files.
 DISK_MARGIN = 64 * 2**20
 
 
 def cache_root() -> Path:
-    """Where converted models live: $CT2_MAGICS_CACHE/converted, else the user cache."""
-    root = os.environ.get("CT2_MAGICS_CACHE")
+    """ct2-magics' cache, where converted models and the demo model live: $CT2_MAGICS_CACHE, else the user cache."""
+    root = os.environ.get(CACHE_ENV)
     if not root:
         import platformdirs
 
         root = platformdirs.user_cache_dir("ct2-magics")
-    return Path(root) / CACHE_SUBDIR
-
-
-def storage_type(quantization: str | None, compute_type: str | None) -> str:
-    """The weight type to store: as asked, else the compute type when it is one, else int8."""
-    for asked in (quantization, compute_type):
-        value = (asked or "").strip().lower()
-        if value in ("", "auto", "default"):
-            continue
-        if value in STORAGE_TYPES:
-            return value
-        if asked is quantization:
-            raise LlamaError(f"Unknown quantization {asked!r}; use one of: {', '.join(STORAGE_TYPES)}.")
-    return DEFAULT_STORAGE
+    return Path(root)
 
 
 def identity(source: Path) -> dict[str, Any]:
@@ -71,7 +57,7 @@ def cached(source: Path, *, label: str, quantization: str, open_model: Callable[
     ident = identity(source)
     key = hashlib.sha256(json.dumps({"format": FORMAT, "source": ident, "quantization": quantization},
                                     sort_keys=True).encode()).hexdigest()[:16]
-    root = cache_root()
+    root = cache_root() / CACHE_SUBDIR
     target = root / f"{_slug(label)}-{quantization}-{key}"
     if (target / DONE).is_file() and (target / "model.bin").is_file():
         return target
@@ -86,7 +72,7 @@ def cached(source: Path, *, label: str, quantization: str, open_model: Callable[
         convert_into(model, staging, quantization, label=label, progress=progress)
         (staging / DONE).write_text(json.dumps({"label": label, "source": ident, "quantization": quantization,
                                                 "format": FORMAT}, indent=2) + "\n", encoding="utf-8")
-        _publish(staging, target)
+        publish(staging, target, lambda path: (path / DONE).is_file())
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise LlamaError(f"The disk filled up while converting {label} into {root}; free some space "
@@ -139,14 +125,14 @@ def _check_room(root: Path, needed: int, label: str) -> None:
                          f"which has {human_size(free)} free; free some space or set CT2_MAGICS_CACHE to a bigger disk.")
 
 
-def _publish(staging: Path, target: Path) -> None:
-    """Rename the finished conversion into place; when another process got there first, keep its copy."""
+def publish(staging: Path, target: Path, complete: Callable[[Path], bool]) -> None:
+    """Rename a finished build into place; when another process got there first (`complete(target)`), keep its copy."""
     try:
         os.rename(staging, target)
     except OSError:
-        if (target / DONE).is_file():
+        if complete(target):
             return
-        shutil.rmtree(target, ignore_errors=True)  # an unfinished leftover
+        shutil.rmtree(target, ignore_errors=True)  # an unfinished leftover (files deleted by hand, a killed build)
         os.rename(staging, target)
 
 

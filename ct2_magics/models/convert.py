@@ -1,4 +1,7 @@
-"""`%llama convert` / `ct2-magics convert`: a GGUF, safetensors or transformers model to a CTranslate2 folder."""
+"""`%llama convert` / `ct2-magics convert`: a GGUF, safetensors or transformers model to a CTranslate2 folder.
+
+What to read and where to write; the converters themselves are convert_numpy (no torch) and convert_torch.
+"""
 
 from __future__ import annotations
 
@@ -9,37 +12,15 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from ct2_magics.errors import LlamaError, first_line
-from ct2_magics.models.hub import SAFETENSORS_FILES, SAFETENSORS_IGNORE, is_repo_id
-from ct2_magics.models.modelfile import check_llama3_rope, read_rope_attributes
-from ct2_magics.models.rope import Llama3Rope, apply_llama3_rope, llama3_rope_from_config
-
-if TYPE_CHECKING:
-    from ctranslate2.specs.model_spec import ModelSpec
-
-__all__ = [
-    "ConvertSummary",
-    "DOWNLOAD_PATTERNS",
-    "Llama3Rope",
-    "apply_llama3_rope",
-    "check_llama3_rope",
-    "convert",
-    "llama3_rope_from_config",
-    "read_rope_attributes",
-    "valid_quantizations",
-]
-
-# What a Hub download may fetch (hub.py owns the lists; these names are kept for existing callers).
-DOWNLOAD_PATTERNS: list[str] = SAFETENSORS_FILES
-DOWNLOAD_IGNORE: list[str] = SAFETENSORS_IGNORE
-
-TORCH_HINT = (
-    'converting this model needs torch, which is not installed: run `pip install torch` '
-    '(the CPU build is enough) or `pip install "ct2-magics[convert]"`'
-)
-DEFAULT_QUANTIZATION = "int8_float16"
+from ct2_magics.errors import LlamaError
+from ct2_magics.models import sources
+from ct2_magics.models.cache import human_size
+from ct2_magics.models.convert_numpy import NumpyConversion, convertible
+from ct2_magics.models.convert_torch import TorchConversion
+from ct2_magics.models.gguf_model import check_magic
+from ct2_magics.models.hub import SAFETENSORS_FILES, SAFETENSORS_IGNORE, download, fetch, is_repo_id
+from ct2_magics.models.quantization import default_storage, storage_type
 
 
 @dataclass(frozen=True)
@@ -57,21 +38,14 @@ class ConvertSummary:
         """One line for the user: path, size, quantization, RoPE note."""
         quant = self.quantization or "checkpoint dtype"
         rope = ", Llama 3 RoPE scaling kept" if self.llama3_rope else ""
-        return f"{self.output} ({_human_size(self.size_bytes)}, {self.model_type}, {quant}{rope})"
-
-
-def valid_quantizations() -> tuple[str, ...]:
-    """The weight types CTranslate2 accepts for `quantization`."""
-    from ctranslate2.specs.model_spec import ACCEPTED_MODEL_TYPES
-
-    return tuple(ACCEPTED_MODEL_TYPES)
+        return f"{self.output} ({human_size(self.size_bytes)}, {self.model_type}, {quant}{rope})"
 
 
 def convert(
     source: str,
     output: str | Path,
     *,
-    quantization: str | None = DEFAULT_QUANTIZATION,
+    quantization: str | None = default_storage(elsewhere=True),
     revision: str | None = None,
     file: str | None = None,
     force: bool = False,
@@ -81,11 +55,10 @@ def convert(
 
     GGUF files and Llama/Qwen2 safetensors checkpoints are converted with numpy (no torch); other
     transformers architectures go through CTranslate2's own converter, which needs torch.
+    quantization=None keeps the checkpoint's dtype.
     """
-    if quantization is not None and quantization not in valid_quantizations():
-        raise LlamaError(
-            f"unknown quantization {quantization!r}; choose one of: {', '.join(valid_quantizations())}"
-        )
+    if quantization is not None:
+        quantization = storage_type(quantization, elsewhere=True)
     out = Path(output).expanduser()
     local = _local_source(source, file)
     if local is not None and revision:
@@ -93,71 +66,22 @@ def convert(
     _check_output(out, local, force)
 
     if local is None:
-        progress(f"Downloading {source}{f' @ {revision}' if revision else ''} ({'one GGUF file' if file else 'safetensors, configs, tokenizer'}) ...")
+        what = "one GGUF file" if file else "safetensors, configs, tokenizer"
+        progress(f"Downloading {source}{f' @ {revision}' if revision else ''} ({what}) ...")
         local = _download(source, revision, file)
     else:
         progress(f"Reading {local} ...")
     _check_output(out, local, force)
-    if local.is_file() or _numpy_convertible(local):
-        return _convert_without_torch(source, local, out, quantization, progress)
-    return _convert_with_torch(source, local, out, quantization, progress)
-
-
-def _numpy_convertible(model_dir: Path) -> bool:
-    from ct2_magics.models.safetensors_model import is_supported
-
-    return is_supported(model_dir) and any(model_dir.glob("*.safetensors"))
-
-
-def _convert_without_torch(source: str, local: Path, out: Path, quantization: str | None,
-                           progress: Callable[[str], None]) -> ConvertSummary:
-    """A GGUF file or Llama/Qwen2 safetensors folder, read with numpy and written with CTranslate2's spec."""
-    from ct2_magics.models.cache import convert_into
-
-    if local.is_file():
-        from ct2_magics.models.gguf_model import GGUFModel
-
-        model: Any = GGUFModel(local)
-        storage = quantization or "float32"
+    if convertible(local):
+        job: NumpyConversion | TorchConversion = NumpyConversion(local, quantization, progress)
     else:
-        from ct2_magics.models.safetensors_model import SafetensorsModel
-
-        model = SafetensorsModel(local)
-        storage = quantization or _checkpoint_dtype(model.config)
-    rope = model.shape.rope
-    extra = " with Llama 3 RoPE scaling" if rope else ""
-    progress(f"Converting {model.arch} to CTranslate2 ({storage}){extra}, layer by layer, without torch ...")
+        job = TorchConversion(source, local, quantization, progress)
     with _staged(out, progress) as built:
-        built.mkdir()
-        convert_into(model, built, storage, label=local.name)
-    return _summary(out, storage, rope is not None, model.arch, source, progress)
-
-
-def _convert_with_torch(source: str, model_dir: Path, out: Path, quantization: str | None,
-                        progress: Callable[[str], None]) -> ConvertSummary:
-    """Any architecture CTranslate2's TransformersConverter knows, through torch."""
-    _require_torch()
-    config = _load_config(model_dir)
-    model_type = str(getattr(config, "model_type", "") or "unknown")
-    _check_supported(config, model_type)
-    rope = llama3_rope_from_config(config)
-
-    quant = quantization or "the checkpoint's dtype"
-    extra = " with Llama 3 RoPE scaling" if rope else ""
-    progress(f"Converting {model_type} to CTranslate2 ({quant}){extra}; this loads the whole model into memory ...")
-
-    from ct2_magics.models.safetensors_model import copy_side_files
-
-    with _staged(out, progress) as built:
-        converter = _converter_class()(str(model_dir), rope)
-        try:
-            converter.convert(str(built), quantization=quantization)
-        except (ValueError, NotImplementedError) as exc:
-            raise LlamaError(f"CTranslate2 could not convert {source}: {first_line(exc)}") from None
-        if rope is not None and not converter.llama3_applied:
-            raise LlamaError(f"{source} asks for llama3 RoPE scaling but its converted spec has no decoder layers to carry it")
-        copy_side_files(model_dir, built)
-    return _summary(out, quantization, rope is not None, model_type, source, progress)
+        job.write(built)
+    summary = ConvertSummary(output=out, size_bytes=_dir_size(out), quantization=job.quantization,
+                             llama3_rope=job.llama3_rope, model_type=job.model_type, source=source)
+    progress(f"Converted: {summary.describe()}")
+    return summary
 
 
 @contextlib.contextmanager
@@ -176,55 +100,16 @@ def _staged(out: Path, progress: Callable[[str], None]) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _summary(out: Path, quantization: str | None, rope: bool, model_type: str, source: str,
-             progress: Callable[[str], None]) -> ConvertSummary:
-    summary = ConvertSummary(output=out, size_bytes=_dir_size(out), quantization=quantization, llama3_rope=rope,
-                             model_type=model_type, source=source)
-    progress(f"Converted: {summary.describe()}")
-    return summary
-
-
-def _checkpoint_dtype(config: dict[str, Any]) -> str:
-    """The weight type a transformers config names (torch_dtype / dtype), as a CTranslate2 storage type."""
-    dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
-    return dtype if dtype in ("float16", "bfloat16", "float32") else "float32"
-
-
-def _converter_class() -> type:
-    """A TransformersConverter subclass that adds llama3 RoPE scaling (built lazily: ctranslate2 imports)."""
-    from ctranslate2.converters import TransformersConverter
-
-    class _Llama3AwareConverter(TransformersConverter):
-        """Stock converter plus the llama3 RoPE fields its Llama loader leaves unset."""
-
-        def __init__(self, model_dir: str, rope: Llama3Rope | None) -> None:
-            super().__init__(model_dir, trust_remote_code=False)
-            self._rope = rope
-            self.llama3_applied = False
-
-        def _load(self) -> ModelSpec:
-            spec = super()._load()
-            if spec is not None and self._rope is not None:
-                self.llama3_applied = apply_llama3_rope(spec, self._rope)
-            return spec
-
-    return _Llama3AwareConverter
-
-
 def _local_source(source: str, file: str | None = None) -> Path | None:
     """The local GGUF file or model directory `source` names, None for a Hub repo id; LlamaError if neither."""
     path = Path(source).expanduser()
     if path.exists():
         if path.is_file():
-            from ct2_magics.models.gguf_model import check_magic
-
             check_magic(path)
             return path.resolve()
         if file or (any(path.glob("*.gguf")) and not (path / "config.json").is_file()):
-            from ct2_magics.models.sources import GGUF, local
-
-            found = local(path, file)
-            if found.kind == GGUF:
+            found = sources.local(path, file)
+            if found.kind == sources.GGUF:
                 return found.path.resolve()
         if not (path / "config.json").is_file():
             raise LlamaError(f"{source} is not a transformers model directory (no config.json in it)")
@@ -246,21 +131,11 @@ def _check_output(out: Path, source_dir: Path | None, force: bool) -> None:
         raise LlamaError(f"output {out} exists and is not empty; choose another directory or pass --force to replace it")
 
 
-def _require_torch() -> None:
-    """Raise LlamaError with the install command when torch is missing."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise LlamaError(TORCH_HINT) from None
-
-
 def _download(repo: str, revision: str | None, file: str | None = None) -> Path:
     """Fetch one GGUF file (with --file), or the safetensors, configs and tokenizer of a Hub repo."""
-    from ct2_magics.models.hub import download, fetch
-
     if file:
         return fetch(repo, revision=revision, file=file).path
-    model_dir = download(repo, revision=revision, patterns=DOWNLOAD_PATTERNS, ignore=DOWNLOAD_IGNORE)
+    model_dir = download(repo, revision=revision, patterns=SAFETENSORS_FILES, ignore=SAFETENSORS_IGNORE)
     if not (model_dir / "config.json").is_file():
         raise LlamaError(f"{repo} has no config.json; it is not a transformers model repo (for a GGUF repo, add --file)")
     if not any(model_dir.glob("*.safetensors")):
@@ -268,37 +143,6 @@ def _download(repo: str, revision: str | None, file: str | None = None) -> Path:
     return model_dir
 
 
-def _load_config(model_dir: Path) -> Any:
-    """The transformers config of `model_dir`, without running repository code."""
-    import transformers
-
-    from ct2_magics.models.modelfile import remote_code
-
-    code = remote_code(model_dir)
-    if code is not None:
-        raise LlamaError(f"{model_dir} asks to run its own Python code ({code}); ct2-magics never runs code from a model")
-    try:
-        return transformers.AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
-    except Exception as exc:  # unknown model_type, custom code, malformed JSON all surface differently
-        raise LlamaError(f"{model_dir} is not a model transformers can read: {first_line(exc)}") from None
-
-
-def _check_supported(config: Any, model_type: str) -> None:
-    """Fail early when CTranslate2 has no loader for this config class."""
-    try:
-        from ctranslate2.converters.transformers import _MODEL_LOADERS
-    except ImportError:  # private table; without it the converter reports the problem itself
-        return
-    if type(config).__name__ not in _MODEL_LOADERS:
-        raise LlamaError(f"CTranslate2 cannot convert {model_type} models ({type(config).__name__})")
-
-
 def _dir_size(path: Path) -> int:
     """Total bytes of the files under `path`."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def _human_size(size: int) -> str:
-    from ct2_magics.models.cache import human_size
-
-    return human_size(size)

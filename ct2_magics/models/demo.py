@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import unicodedata
@@ -10,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ct2_magics.models.cache import cache_root, publish
 from ct2_magics.models.spec import finish, new_spec
-from ct2_magics.models.tokenizer_files import write_tokenizer_files
+from ct2_magics.models.tokenizer_files import LLAMA3_SPLIT, write_tokenizer_files
 
-DEMO_NAME = "demo"
 DEMO_SUBDIR = "demo-v1"
-CACHE_ENV = "CT2_MAGICS_CACHE"
 
 BOS, END_OF_TEXT, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
 SPECIAL_TOKENS = (BOS, END_OF_TEXT, "<|start_header_id|>", "<|end_header_id|>", EOT, "<|eom_id|>",
@@ -24,11 +22,6 @@ GENERATION_PROMPT = "<|start_header_id|>assistant<|end_header_id|>\n\n"
 MODEL_FILES = ("model.bin", "config.json", "vocabulary.json", "tokenizer.json", "tokenizer_config.json",
                "special_tokens_map.json", "generation_config.json", "README.md")  # fmt: skip
 
-# Llama 3's pre-tokenizer split: punctuation keeps its trailing newlines, digits go in threes.
-SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 # Llama 3's template without the date lines, so it needs no strftime_now or date_string.
 CHAT_TEMPLATE = (
     "{{- bos_token }}{%- for message in messages %}"
@@ -46,13 +39,8 @@ LAYER_GAIN = 0.05
 
 
 def demo_dir() -> Path:
-    """Where the demo model lives: the user cache, or $CT2_MAGICS_CACHE when set."""
-    root = os.environ.get(CACHE_ENV)
-    if not root:
-        import platformdirs
-
-        root = platformdirs.user_cache_dir("ct2-magics")
-    return Path(root) / DEMO_SUBDIR
+    """Where the demo model lives, in ct2-magics' cache."""
+    return cache_root() / DEMO_SUBDIR
 
 
 def ensure_demo(path: Path | None = None) -> Path:
@@ -65,7 +53,7 @@ def ensure_demo(path: Path | None = None) -> Path:
     try:
         staging.chmod(0o755)
         build_model(staging)
-        _publish(staging, target)
+        publish(staging, target, _is_complete)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -121,18 +109,6 @@ def _is_complete(path: Path) -> bool:
     return all((path / name).is_file() for name in MODEL_FILES)
 
 
-def _publish(staging: Path, target: Path) -> None:
-    """Rename a finished build into place; when another process got there first, keep its model."""
-    try:
-        os.rename(staging, target)
-    except OSError:
-        if _is_complete(target):
-            return
-        # An incomplete leftover (files deleted by hand): replace it.
-        shutil.rmtree(target, ignore_errors=True)
-        os.rename(staging, target)
-
-
 def train_tokenizer(vocab_merges: int = 1500):
     """Train a byte-level BPE on the built-in corpus, then append the Llama 3 special tokens."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -142,7 +118,7 @@ def train_tokenizer(vocab_merges: int = 1500):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 from ct2_magics.errors import LlamaError, first_line
 from ct2_magics.models.rope import llama3_rope_from_factors
 from ct2_magics.models.spec import DecoderShape
+from ct2_magics.models.tokenizer_files import Vocab, gguf_tokenizer_files
 
 MAGIC = b"GGUF"
 # GGUF architectures this loader converts, and whether llama.cpp permuted their q/k rows for its rotary layout.
@@ -26,25 +26,6 @@ _LAYER = {
     "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias", "self_attn.v_proj.bias": "attn_v.bias",
     "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight",
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Vocab:
-    """What a GGUF says about its tokenizer (tokenizer.ggml.* and tokenizer.chat_template)."""
-
-    model: str
-    pre: str
-    tokens: list[str]
-    types: list[int]
-    merges: list[str]
-    bos: int | None
-    eos: int | None
-    eot: int | None
-    eom: int | None
-    unk: int | None
-    pad: int | None
-    add_bos: bool | None
-    chat_template: str | None
 
 
 def check_magic(path: Path) -> None:
@@ -118,6 +99,8 @@ class GGUFModel:
         import gguf.quants
 
         plain = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16}
+        # gguf has no public list of the types dequantize() handles; its private table _type_traits is that list.
+        # pyproject bounds gguf below its next minor, and tests/test_private_names.py fails by name if it goes.
         known = plain | set(getattr(gguf.quants, "_type_traits", {}))
         bad = sorted({t.tensor_type.name for t in self.reader.tensors if t.tensor_type not in known})
         if bad:
@@ -162,8 +145,6 @@ class GGUFModel:
 
     def write_side_files(self, dest: Path) -> dict[str, str]:
         """Write the tokenizer, chat template and generation config built from the metadata; return the special tokens."""
-        from ct2_magics.models.tokenizer_files import gguf_tokenizer_files
-
         return gguf_tokenizer_files(dest, self.vocab(), context=self.shape.context, generation=self.sampling(),
                                     name=self.path.name)
 
@@ -180,7 +161,8 @@ class GGUFModel:
         add_bos = self.field("tokenizer.ggml.add_bos_token")
         return Vocab(
             model=str(self.field("tokenizer.ggml.model", "")), pre=str(self.field("tokenizer.ggml.pre", "default")),
-            tokens=list(self.field("tokenizer.ggml.tokens", [])), types=[int(t) for t in self.field("tokenizer.ggml.token_type", [])],
+            tokens=list(self.field("tokenizer.ggml.tokens", [])),
+            types=[int(t) for t in self.field("tokenizer.ggml.token_type", [])],
             merges=list(self.field("tokenizer.ggml.merges", [])), bos=token_id("bos_token_id"),
             eos=token_id("eos_token_id"), eot=token_id("eot_token_id"), eom=token_id("eom_token_id"),
             unk=token_id("unknown_token_id"), pad=token_id("padding_token_id"),

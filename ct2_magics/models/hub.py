@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ct2_magics.errors import LlamaError
+from ct2_magics.errors import LlamaError, first_line
 from ct2_magics.models import sources
 from ct2_magics.models.quiet import quiet_libraries
 
@@ -82,13 +82,14 @@ def prepare(source: sources.Source, label: str, *, quantization: str | None, com
             notify: Callable[[str], None]) -> Path:
     """A converted folder as it is; a GGUF file or safetensors folder converted into the cache (once)."""
     from ct2_magics.models import cache as model_cache
+    from ct2_magics.models.quantization import storage_type
 
     if source.kind == sources.CT2:
         if quantization:
             raise LlamaError(f"{source.path} is converted already, so --quantization does not apply; "
                              "use --compute-type to run it in another type.")
         return check_model_dir(source.path)
-    storage = model_cache.storage_type(quantization, compute_type)
+    storage = storage_type(quantization, compute_type)
     return model_cache.cached(source.path, label=label, quantization=storage, open_model=_opener(source.kind),
                               notify=notify)
 
@@ -116,7 +117,8 @@ def check_model_dir(path: Path) -> Path:
     if not (path / "model.bin").is_file():
         raise LlamaError(f"{path} has no model.bin, so it is not a CTranslate2 model.")
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
-        raise LlamaError(f"{path} has no tokenizer files (tokenizer.json, tokenizer_config.json); copy them from the original model.")
+        raise LlamaError(f"{path} has no tokenizer files (tokenizer.json, tokenizer_config.json); "
+                         "copy them from the original model.")
     return path
 
 
@@ -207,7 +209,7 @@ def _raise_for_repo(error: BaseException, repo_id: str, revision: str | None) ->
             f"The Hub has no {what}{repo_id} (or it is private), and there is no such local file or folder; check the spelling."
         ) from None
     if isinstance(error, hf_errors.EntryNotFoundError) and not isinstance(error, hf_errors.LocalEntryNotFoundError):
-        raise LlamaError(f"{repo_id} has no such file ({str(error).splitlines()[0][:120]}).") from None
+        raise LlamaError(f"{repo_id} has no such file ({first_line(error, 120)}).") from None
     if isinstance(error, hf_errors.HFValidationError):
         raise LlamaError(f"{repo_id} is neither a local file or folder nor a valid Hugging Face repo id.") from None
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -8,6 +8,8 @@ import struct
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
+from ct2_magics.models.quantization import default_storage
+
 _DTYPES = ("float32", "int8", "int16", "int32", "float16", "bfloat16")
 
 
@@ -173,7 +175,7 @@ def _rope_warning(model_dir: Path, reason: str) -> str:
     source = _base_model(model_dir) or "<original-repo-or-dir>"
     return (
         f"{model_dir} {reason}, so its output drifts from the original model (most on long prompts); "
-        f"reconvert it: %llama convert {source} <out> --quantization int8_float16"
+        f"reconvert it: %llama convert {source} <out> --quantization {default_storage(elsewhere=True)}"
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ct2_magics.errors import LlamaError, first_line
+from ct2_magics.models.modelfile import read_json
 from ct2_magics.models.rope import llama3_rope_from_config
 from ct2_magics.models.spec import DecoderShape
 
@@ -63,7 +63,8 @@ class SafetensorsModel:
                 with safe_open(str(file), framework="np") as f:
                     index.update(dict.fromkeys(f.keys(), file))
             except Exception as e:  # safetensors raises its own SafetensorError for a bad header
-                raise LlamaError(f"{file.name} is not a readable safetensors file ({first_line(e)}); download it again.") from None
+                raise LlamaError(f"{file.name} is not a readable safetensors file ({first_line(e)}); "
+                                 "download it again.") from None
         return index
 
     def _shape(self) -> DecoderShape:
@@ -116,7 +117,7 @@ class SafetensorsModel:
 
     def special_tokens(self) -> dict[str, str]:
         """bos, eos and unk for CTranslate2's config.json, from tokenizer_config.json."""
-        config = _read_json(self.path / "tokenizer_config.json")
+        config = read_json(self.path / "tokenizer_config.json")
 
         def token(key: str) -> str | None:
             value = config.get(key)
@@ -152,16 +153,8 @@ def _read_config(model_dir: Path, *, required: bool) -> dict[str, Any]:
         if required:
             raise LlamaError(f"{model_dir} has no config.json; it is not a transformers model folder.")
         return {}
-    data = _read_json(path)
+    data = read_json(path)
     if required and not data:
         raise LlamaError(f"{path} is not valid JSON; download or copy it again.")
     return data
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,12 +12,11 @@ from ct2_magics.errors import LlamaError
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from ct2_magics.models.gguf_model import Vocab
-
 # llama.cpp's token types (llama_token_type): control tokens are special, user-defined ones are matched in text.
 CONTROL, USER_DEFINED = 3, 4
 # Split patterns per tokenizer.ggml.pre, as in llama.cpp's llama-vocab.cpp (there adapted for its own regex engine;
 # these are the originals from the models' tokenizer.json, which the `tokenizers` library reads as written).
+# Llama 3's (also the demo model's): punctuation keeps its trailing newlines, digits go in threes.
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")  # fmt: skip
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -28,6 +28,25 @@ PRE_TOKENIZERS = {
     "smollm": ("digits", False), "starcoder": ("digits", False), "refact": ("digits", False),
     "gpt-2": ("gpt2", False), "gpt2": ("gpt2", False), "olmo": ("gpt2", False), "mpt": ("gpt2", False),
 }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """What a GGUF says about its tokenizer (tokenizer.ggml.* and tokenizer.chat_template)."""
+
+    model: str
+    pre: str
+    tokens: list[str]
+    types: list[int]
+    merges: list[str]
+    bos: int | None
+    eos: int | None
+    eot: int | None
+    eom: int | None
+    unk: int | None
+    pad: int | None
+    add_bos: bool | None
+    chat_template: str | None
 
 
 def build_tokenizer(vocab: Vocab, name: str = "this GGUF") -> Tokenizer:

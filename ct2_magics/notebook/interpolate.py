@@ -97,6 +97,9 @@ class ErrorReport:
     cell_label: str | None = None
 
 
+# `cells` is IPython's private shell.compile._filename_map: IPython has no public way to tell which execution
+# count a traceback's file name belongs to. pyproject bounds ipython below 9, and tests/test_private_names.py
+# fails by name if it goes.
 def error_report(error: BaseException, cells: Mapping[str, int], inputs: Sequence[str] = ()) -> ErrorReport:
     """Describe `error` from its traceback; `cells` maps cell file names to execution counts (shell.compile._filename_map)."""
     frames = traceback.extract_tb(error.__traceback__)

@@ -69,7 +69,7 @@ def cell_parser() -> MagicArgumentParser:
 
 
 def line_parsers() -> dict[str, MagicArgumentParser]:
-    from ct2_magics.cli import add_convert_arguments
+    from ct2_magics.models.convert_args import add_convert_arguments
 
     parsers: dict[str, MagicArgumentParser] = {}
     load = parsers["load"] = _parser("%llama load")

@@ -238,7 +238,7 @@ class LlamaMagics(Magics):
         self._show(self.session.respond(request))
 
     def _cmd_convert(self, args: Any) -> None:
-        from ct2_magics.cli import run_convert
+        from ct2_magics.models.convert_args import run_convert
 
         run_convert(args)
 
