@@ -23,8 +23,6 @@ EXACT_ROWS = 16
 # has at least this many tokens is always sent split there, cached or not: int8 logits depend on where a
 # prompt is split (measured: BENCHMARKS.md, Findings), so the split must not depend on what is cached.
 SPLIT_MIN_TOKENS = 96
-# Bytes per cached value: CTranslate2 keeps the state in the decoder's output type.
-_HALF = ("float16", "bfloat16", "int8_float16", "int8_bfloat16")
 
 
 def kv_bytes_per_token(model_dir: str | Path, compute_type: str) -> int | None:
@@ -36,6 +34,7 @@ def kv_bytes_per_token(model_dir: str | Path, compute_type: str) -> int | None:
     Only multi-query models (one KV head) keep one. None when model.bin does not say (then nothing is cached).
     """
     from ct2_magics.models.modelfile import read_index
+    from ct2_magics.models.quantization import value_bytes
 
     try:
         index = read_index(model_dir)
@@ -57,8 +56,8 @@ def kv_bytes_per_token(model_dir: str | Path, compute_type: str) -> int | None:
     head_dim = number("decoder/layer_0/self_attention/head_dim") or out.shape[0] // heads
     multi_query = number("decoder/layer_0/self_attention/multi_query") == 1
     kept = 1 if multi_query else heads
-    size = 2 if compute_type in _HALF else 4
-    return layers * 2 * kept * head_dim * size
+    # CTranslate2 keeps the state in the decoder's output type.
+    return layers * 2 * kept * head_dim * value_bytes(compute_type)
 
 
 class PrefixCache:

@@ -51,3 +51,8 @@ def help_text(*, elsewhere: bool) -> str:
 def bytes_per_weight(storage: str) -> int:
     """Bytes one weight of a matrix takes in this storage type."""
     return 1 if storage.startswith("int8") else 4 if storage == "float32" else 2
+
+
+def value_bytes(compute_type: str) -> int:
+    """Bytes of one activation (or cached K/V value) when a model computes in `compute_type`."""
+    return 2 if compute_type.endswith(("float16", "bfloat16")) else 4
