@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 from IPython.core.error import UsageError
 
@@ -24,12 +22,6 @@ def one_usage_line(capsys, result) -> str:
 
 def last_prompt(llama, chat: str = "default") -> str:
     return [m["content"] for m in llama.history(chat) if m["role"] == "user"][-1]
-
-
-@pytest.fixture
-def no_last_error(monkeypatch):
-    for name in ("last_type", "last_value", "last_traceback"):
-        monkeypatch.delattr(sys, name, raising=False)
 
 
 # -- --out and --format ---------------------------------------------------------------------------
@@ -140,7 +132,7 @@ def test_tables_and_long_text_are_capped(shell, llama):
 
 
 # -- %llama explain -------------------------------------------------------------------------------
-def test_explain_sends_the_error_and_its_cell_and_streams_a_reply(shell, llama, no_last_error):
+def test_explain_sends_the_error_and_its_cell_and_streams_a_reply(shell, llama):
     shell.run_line_magic("llama", "load demo")
     failing = "def ratio(a, b):\n    return a / b\n\nscores = [3, 4]\nratio(sum(scores), len(scores) - 2)"
     assert not run(shell, failing).success
@@ -156,7 +148,7 @@ def test_explain_sends_the_error_and_its_cell_and_streams_a_reply(shell, llama, 
     assert [c.name for c in llama.chats] == ["explain"]  # the default chat is untouched
 
 
-def test_explain_starts_its_chat_afresh_or_adds_to_a_named_one(shell, llama, no_last_error):
+def test_explain_starts_its_chat_afresh_or_adds_to_a_named_one(shell, llama):
     shell.run_line_magic("llama", "load demo")
     run(shell, "1 / 0")
     run(shell, "%llama explain -n 3")
@@ -169,7 +161,7 @@ def test_explain_starts_its_chat_afresh_or_adds_to_a_named_one(shell, llama, no_
     assert len(llama.history()) == 4 and "ValueError" in llama.history()[2]["content"]
 
 
-def test_explain_survives_a_usage_error_in_between(shell, llama, capsys, no_last_error):
+def test_explain_survives_a_usage_error_in_between(shell, llama, capsys):
     shell.run_line_magic("llama", "load demo")
     run(shell, "[1, 2, 3][10]")
     run(shell, "%llama explian")
@@ -178,7 +170,7 @@ def test_explain_survives_a_usage_error_in_between(shell, llama, capsys, no_last
     assert "IndexError" in last_prompt(llama, "explain")
 
 
-def test_explain_a_syntax_error_shows_the_cell(shell, llama, no_last_error):
+def test_explain_a_syntax_error_shows_the_cell(shell, llama):
     shell.run_line_magic("llama", "load demo")
     run(shell, "if True print('hi')")
     assert run(shell, "%llama explain -n 3").success
@@ -186,7 +178,7 @@ def test_explain_a_syntax_error_shows_the_cell(shell, llama, no_last_error):
     assert "SyntaxError" in prompt and "if True print('hi')" in prompt
 
 
-def test_explain_without_an_error_is_one_line(shell, llama, capsys, no_last_error):
+def test_explain_without_an_error_is_one_line(shell, llama, capsys):
     shell.run_line_magic("llama", "load demo")
     capsys.readouterr()
     err = one_usage_line(capsys, run(shell, "%llama explain"))

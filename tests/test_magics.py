@@ -199,25 +199,17 @@ def test_unload_ext_frees_the_model_and_keeps_chats(shell, llama):
     assert llama.generator is None and not generator.model_is_loaded
     assert "llama" not in shell.magics_manager.magics["cell"]
     assert len(llama.history()) == 2
-    shell.run_line_magic("load_ext", "ct2_magics")
 
 
 def test_terminal_shell_prints_plain_text(ipython, demo_model, capfd):
-    from ct2_magics.core import session
-
-    session.drop_session()
     ipython.run_line_magic("load_ext", "ct2_magics")
-    try:
-        ipython.run_line_magic("llama", "load demo")
-        capfd.readouterr()
-        run(ipython, "%%llama -t 0 -n 20\nhello")
-        out = capfd.readouterr().out
-        from ct2_magics import llama
+    ipython.run_line_magic("llama", "load demo")
+    capfd.readouterr()
+    run(ipython, "%%llama -t 0 -n 20\nhello")
+    out = capfd.readouterr().out
+    from ct2_magics import llama
 
-        assert llama.history()[-1]["content"] in out
-    finally:
-        ipython.run_line_magic("unload_ext", "ct2_magics")
-        session.drop_session()
+    assert llama.history()[-1]["content"] in out
 
 
 def test_a_system_prompt_is_cached_and_changes_nothing(shell, llama, demo_model):

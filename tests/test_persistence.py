@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -36,14 +35,11 @@ def open_notebook(shell, path: Path, fresh_kernel: bool = True) -> None:
 
 @pytest.fixture
 def notebook(shell, tmp_path):
-    """The shell as the kernel of tmp_path/nb.ipynb, with the demo model loaded; yields the save file."""
+    """The shell as the kernel of tmp_path/nb.ipynb, with the demo model loaded; returns the save file."""
     path = tmp_path / "nb.ipynb"
     open_notebook(shell, path)
     shell.run_line_magic("llama", "load demo")
-    try:
-        yield store.notebook_file(str(path))
-    finally:
-        shell.user_ns.pop("__session__", None)  # the shell is shared: other tests run outside a notebook
+    return store.notebook_file(str(path))
 
 
 def saved(path: Path) -> dict:
@@ -170,18 +166,15 @@ def test_a_corrupt_file_is_set_aside_with_one_line(shell, tmp_path, capsys):
     file.write_text('{"version": 1, "chats": {"default": {"turns": [{"user": "cut sh')
     capsys.readouterr()
     open_notebook(shell, path)
-    try:
-        line = one_line(capsys.readouterr().out)
-        backups = list(file.parent.glob(f"{file.stem}.corrupt-*.json"))
-        assert "Could not read this notebook's saved chats (not valid JSON" in line and str(backups[0]) in line
-        assert backups[0].read_text().endswith("cut sh") and not file.exists()
-        llama = session_module.get_session()
-        assert len(llama.chats) == 0
-        shell.run_line_magic("llama", "load demo")
-        assert run(shell, "%%llama -n 3\nhello").success
-        assert len(turns(saved(file))) == 1 and backups[0].exists()
-    finally:
-        shell.user_ns.pop("__session__", None)
+    line = one_line(capsys.readouterr().out)
+    backups = list(file.parent.glob(f"{file.stem}.corrupt-*.json"))
+    assert "Could not read this notebook's saved chats (not valid JSON" in line and str(backups[0]) in line
+    assert backups[0].read_text().endswith("cut sh") and not file.exists()
+    llama = session_module.get_session()
+    assert len(llama.chats) == 0
+    shell.run_line_magic("llama", "load demo")
+    assert run(shell, "%%llama -n 3\nhello").success
+    assert len(turns(saved(file))) == 1 and backups[0].exists()
 
 
 @pytest.mark.parametrize("content", [
@@ -207,14 +200,11 @@ def test_other_unreadable_files_are_set_aside_too(shell, tmp_path, capsys, conte
     file.write_bytes(content)
     capsys.readouterr()
     open_notebook(shell, path)
-    try:
-        assert "Could not read this notebook's saved chats" in one_line(capsys.readouterr().out)
-        assert [p.read_bytes() for p in file.parent.iterdir()] == [content]
-        assert len(session_module.get_session().chats) == 0
-        shell.run_line_magic("llama", "load demo")
-        assert run(shell, "%%llama -n 2\nhello").success  # the next request works
-    finally:
-        shell.user_ns.pop("__session__", None)
+    assert "Could not read this notebook's saved chats" in one_line(capsys.readouterr().out)
+    assert [p.read_bytes() for p in file.parent.iterdir()] == [content]
+    assert len(session_module.get_session().chats) == 0
+    shell.run_line_magic("llama", "load demo")
+    assert run(shell, "%%llama -n 2\nhello").success  # the next request works
 
 
 def test_autosave_off_writes_nothing(notebook, shell, llama, tmp_path):
@@ -237,17 +227,14 @@ def test_an_unwritable_data_dir_warns_once(shell, tmp_path, monkeypatch, capsys)
     (tmp_path / "a_file").write_text("")
     monkeypatch.setenv("CT2_MAGICS_DATA", str(tmp_path / "a_file" / "data"))
     open_notebook(shell, tmp_path / "nb.ipynb")
-    try:
-        shell.run_line_magic("llama", "load demo")
-        capsys.readouterr()
-        assert run(shell, "%%llama -n 3\nhello").success
-        line = one_line(capsys.readouterr().out)
-        assert line.startswith("Could not save this notebook's chats") and "kept in memory only" in line
-        assert run(shell, "%%llama -n 3\nagain").success
-        assert "Could not save" not in capsys.readouterr().out
-        assert len(session_module.get_session().chat().turns) == 2
-    finally:
-        shell.user_ns.pop("__session__", None)
+    shell.run_line_magic("llama", "load demo")
+    capsys.readouterr()
+    assert run(shell, "%%llama -n 3\nhello").success
+    line = one_line(capsys.readouterr().out)
+    assert line.startswith("Could not save this notebook's chats") and "kept in memory only" in line
+    assert run(shell, "%%llama -n 3\nagain").success
+    assert "Could not save" not in capsys.readouterr().out
+    assert len(session_module.get_session().chat().turns) == 2
 
 
 def test_outside_a_notebook_nothing_is_saved(shell, llama, data_dir):
@@ -289,9 +276,7 @@ def test_saving_a_thousand_turn_chat_is_fast(tmp_path):
 
 
 # -- %llama explain and other magics' usage errors --------------------------------------------------
-def test_explain_skips_another_magics_usage_error(shell, llama, capsys, monkeypatch):
-    for name in ("last_type", "last_value", "last_traceback"):
-        monkeypatch.delattr(sys, name, raising=False)
+def test_explain_skips_another_magics_usage_error(shell, llama, capsys):
     shell.run_line_magic("llama", "load demo")
     run(shell, "[1, 2, 3][10]")
     assert isinstance(run(shell, "%load_ext").error_in_exec, UsageError)  # not ours: %llama never ran
@@ -301,13 +286,11 @@ def test_explain_skips_another_magics_usage_error(shell, llama, capsys, monkeypa
 
 
 def test_load_and_unload_leave_the_shells_events_as_they_were(ipython):
-    session_module.drop_session()
     before = {name: list(fns) for name, fns in ipython.events.callbacks.items()}
     ipython.run_line_magic("load_ext", "ct2_magics")
     assert len(ipython.events.callbacks["post_run_cell"]) == len(before["post_run_cell"]) + 1
     ipython.run_line_magic("unload_ext", "ct2_magics")
     assert {name: list(fns) for name, fns in ipython.events.callbacks.items()} == before
-    session_module.drop_session()
 
 
 # -- a real kernel, killed mid-reply --------------------------------------------------------------

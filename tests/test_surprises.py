@@ -175,16 +175,13 @@ def test_reloading_the_extension_restores_nothing_it_already_has(shell, llama, c
     monkeypatch.setenv("CT2_MAGICS_DATA", str(tmp_path / "data"))
     shell.run_line_magic("unload_ext", "ct2_magics")
     shell.user_ns["__session__"] = str(tmp_path / "nb.ipynb")
-    try:
-        shell.run_line_magic("load_ext", "ct2_magics")
-        assert run(shell, "%llama system Be brief.").success  # a chat with a system prompt and no turns, saved
-        capsys.readouterr()
-        shell.run_line_magic("unload_ext", "ct2_magics")
-        shell.run_line_magic("load_ext", "ct2_magics")
-        assert "Restored" not in capsys.readouterr().out
-        assert llama.chat().system == "Be brief."
-    finally:
-        shell.user_ns.pop("__session__", None)
+    shell.run_line_magic("load_ext", "ct2_magics")
+    assert run(shell, "%llama system Be brief.").success  # a chat with a system prompt and no turns, saved
+    capsys.readouterr()
+    shell.run_line_magic("unload_ext", "ct2_magics")
+    shell.run_line_magic("load_ext", "ct2_magics")
+    assert "Restored" not in capsys.readouterr().out
+    assert llama.chat().system == "Be brief."
 
 
 # -- %llama explain ---------------------------------------------------------------------------------
