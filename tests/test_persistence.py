@@ -13,7 +13,7 @@ from IPython.core.error import UsageError
 
 from ct2_magics.core import session as session_module
 from ct2_magics.notebook import store
-from helpers import run
+from helpers import run, run_ok
 
 
 @pytest.fixture(autouse=True)
@@ -78,13 +78,13 @@ def test_save_and_restore_by_hand(shell, llama, tmp_path, capsys):
     assert set(turns(data)[0]) == {"user", "assistant", "status", "cell_id"}
     assert turns(data)[1]["user"] == "and again" and turns(data)[1]["status"] == "complete"
 
-    run(shell, "%llama reset")
+    run_ok(shell, "%llama reset")
     capsys.readouterr()
     assert run(shell, f"%llama restore '{file}' --chat default").success
     assert one_line(capsys.readouterr().out) == f"Restored 1 chat (2 turns) from {file}.\n"
     assert llama.history() == before["default"]
 
-    run(shell, "%%llama -n 3 --chat side\nsomething else")
+    run_ok(shell, "%%llama -n 3 --chat side\nsomething else")
     capsys.readouterr()
     assert run(shell, f"%llama restore '{file}'").success
     out = one_line(capsys.readouterr().out)
@@ -122,18 +122,18 @@ def test_autosave_writes_after_each_change(notebook, shell, llama, data_dir, tmp
 
     assert run(shell, "%%llama -n 3 --chat later\na chat made after loading").success
     assert len(turns(saved(notebook), "later")) == 1
-    run(shell, "%llama system Answer in French.")
+    run_ok(shell, "%llama system Answer in French.")
     assert saved(notebook)["chats"]["default"]["system"] == "Answer in French."
-    run(shell, "%llama undo")
+    run_ok(shell, "%llama undo")
     assert len(turns(saved(notebook))) == 1
-    run(shell, "%llama reset --chat later")
+    run_ok(shell, "%llama reset --chat later")
     assert turns(saved(notebook), "later") == []
     assert [p.name for p in notebook.parent.iterdir()] == [notebook.name]  # no temp file left behind
 
 
 def test_reload_restores_the_notebooks_chats(notebook, shell, llama, tmp_path, capsys):
-    run(shell, "%%llama -n 3\nfirst")
-    run(shell, "%%llama -n 3 --chat side -s 'Be brief.'\nside")
+    run_ok(shell, "%%llama -n 3\nfirst")
+    run_ok(shell, "%%llama -n 3 --chat side -s 'Be brief.'\nside")
     before = {name: llama.history(name) for name in ("default", "side")}
     capsys.readouterr()
 
@@ -144,7 +144,7 @@ def test_reload_restores_the_notebooks_chats(notebook, shell, llama, tmp_path, c
     shell.run_line_magic("reload_ext", "ct2_magics")  # the same session: its chats are kept, not doubled
     assert session_module.get_session().history() == before["default"]
     shell.run_line_magic("llama", "load demo")
-    run(shell, "%%llama -n 3\nafter the restart")
+    run_ok(shell, "%%llama -n 3\nafter the restart")
     assert len(turns(saved(notebook))) == 2  # restored chats go on saving
 
     open_notebook(shell, tmp_path / "other.ipynb")
@@ -152,7 +152,7 @@ def test_reload_restores_the_notebooks_chats(notebook, shell, llama, tmp_path, c
 
 
 def test_unload_stops_saving(notebook, shell, llama):
-    run(shell, "%%llama -n 3\nfirst")
+    run_ok(shell, "%%llama -n 3\nfirst")
     shell.run_line_magic("unload_ext", "ct2_magics")
     llama.chat().reset()
     assert len(turns(saved(notebook))) == 1
@@ -213,13 +213,13 @@ def test_autosave_off_writes_nothing(notebook, shell, llama, tmp_path):
     assert not notebook.parent.exists()
 
     llama.settings.autosave = True
-    run(shell, "%%llama -n 3\nsaved now")
+    run_ok(shell, "%%llama -n 3\nsaved now")
     assert len(turns(saved(notebook))) == 2
     shell.config.LlamaSettings.autosave = False  # as from ipython_config.py: no restore, no saving
     open_notebook(shell, tmp_path / "nb.ipynb")
     shell.run_line_magic("llama", "load demo")
     assert len(session_module.get_session().chats) == 0
-    run(shell, "%%llama -n 3\nnot saved")
+    run_ok(shell, "%%llama -n 3\nnot saved")
     assert len(turns(saved(notebook))) == 2
 
 
