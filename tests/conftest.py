@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,31 +105,69 @@ def smollm2_float32(smollm2_gguf: Path) -> Path:
     return hub.resolve("smollm2", quantization="float32")
 
 
-@pytest.fixture(scope="session")
-def ipython():
-    from IPython.core.interactiveshell import InteractiveShell
+@pytest.fixture(autouse=True)
+def fresh_session():
+    """Around every test: no kernel-wide session, so no model, chats or LlamaSettings of another test.
 
-    return InteractiveShell.instance()
+    The settings live in the session, so a new session is LlamaSettings at its defaults; whatever
+    `%config LlamaSettings...` or `shell.config` set went with the test's own shell (see `ipython`).
+    """
+    from ct2_magics.core import session
+
+    session.drop_session()
+    try:
+        yield
+    finally:
+        session.drop_session()  # frees the model this test loaded
+
+
+@pytest.fixture
+def ipython(monkeypatch):
+    """A new InteractiveShell for this test, as jupysql's tests make one: its own user namespace, history
+    (in memory only), display publisher, config and configurables; torn down after the test.
+
+    It is IPython's one instance while the test runs (IPython.display.display publishes through
+    InteractiveShell.instance()), and the previous one is cleared first. The extension is unloaded if the
+    test left it loaded, so load/unload stay paired. As in a new kernel, no earlier error is in
+    sys.last_value (an earlier test's shell put it there).
+    """
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    for name in ("last_type", "last_value", "last_traceback"):
+        monkeypatch.delattr(sys, name, raising=False)
+    config = Config()
+    # No history.sqlite shared between tests, and no saving thread: the history is the shell's own lists
+    # (In, input_hist_raw), as jupysql's tests do. SQLite could not store a cell with a lone surrogate anyway.
+    config.HistoryAccessor.enabled = False
+    main = sys.modules.get("__main__")
+    InteractiveShell.clear_instance()
+    shell = InteractiveShell.instance(config=config)
+    try:
+        yield shell
+    finally:
+        try:
+            if "ct2_magics" in shell.extension_manager.loaded:
+                shell.run_line_magic("unload_ext", "ct2_magics")
+        finally:
+            # Both hold the shell until the process exits; without them every test's shell, its namespace
+            # included, would stay in memory. (shell.atexit_operations() would empty the namespace now, but its
+            # reset() runs gc.collect(), which costs ~70 ms a test with torch and transformers imported.)
+            atexit.unregister(shell.atexit_operations)
+            atexit.unregister(shell.magics_manager.registry["ScriptMagics"].kill_bg_processes)
+            InteractiveShell.clear_instance()
+            if main is not None:
+                sys.modules["__main__"] = main  # the shell put its own user module there
 
 
 @pytest.fixture
 def shell(ipython, demo_model):
-    """A real InteractiveShell with ct2_magics loaded on a fresh session, recording what it displays."""
+    """A fresh shell (`ipython`) with ct2_magics loaded on a fresh session, recording what it displays."""
     from IPython.core.displaypub import CapturingDisplayPublisher
 
-    from ct2_magics.core import session
-
-    session.drop_session()
-    old_pub = ipython.display_pub
     ipython.display_pub = CapturingDisplayPublisher()
     ipython.run_line_magic("load_ext", "ct2_magics")
-    try:
-        yield ipython
-    finally:
-        ipython.run_line_magic("unload_ext", "ct2_magics")
-        ipython.display_pub = old_pub
-        ipython.config.pop("LlamaSettings", None)  # %config in one test must not leak into the next
-        session.drop_session()
+    yield ipython  # `ipython` unloads the extension afterwards, `fresh_session` drops the session
 
 
 @pytest.fixture

@@ -11,6 +11,14 @@ def run(shell: Any, source: str, cell_id: str | None = None) -> Any:
     return shell.run_cell(source, store_history=True, cell_id=cell_id)
 
 
+def run_ok(shell: Any, source: str, cell_id: str | None = None) -> Any:
+    """Run a cell that must succeed: its error, if any, is raised here (jupysql's TestingShell does this
+    for every cell; a cell expected to fail is run with `run` and its error checked)."""
+    result = run(shell, source, cell_id)
+    result.raise_error()
+    return result
+
+
 def published(shell: Any) -> list[dict]:
     return list(shell.display_pub.outputs)
 

@@ -57,7 +57,6 @@ def test_generation_config_gives_defaults_and_explicit_options_win(llama):
     llama.settings.temperature = 0.2
     assert resolve({}, llama.settings, llama.engine.defaults).temperature == 0.2
     assert resolve({"temperature": 0}, llama.settings, llama.engine.defaults).temperature == 0
-    llama.settings.temperature = None
 
 
 def test_end_tokens_include_eot_and_generation_config_ids(llama):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from IPython.core.error import UsageError
 
-from helpers import run
+from helpers import run, run_ok
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ CATALOGUE = {
 def test_bad_input(shell, llama, capsys, broken, case):
     shell.run_line_magic("config", "LlamaSettings.max_context = 1024")
     shell.run_line_magic("llama", "load demo")
-    run(shell, "%%llama -n 3\nkeep me")
+    run_ok(shell, "%%llama -n 3\nkeep me")
     llama.chat("empty")
     generator, before = llama.generator, {c.name: list(c.turns) for c in llama.chats}
     capsys.readouterr()
@@ -122,7 +122,7 @@ def test_python_api_errors_are_one_line_in_a_cell(shell, capsys):
 def test_a_failing_new_request_keeps_the_chat(shell, llama, capsys):
     shell.run_line_magic("llama", "load demo")
     shell.run_line_magic("config", "LlamaSettings.max_context = 256")
-    run(shell, '%%llama -s "Be kind." -n 3\nkeep me')
+    run_ok(shell, '%%llama -s "Be kind." -n 3\nkeep me')
     before = list(llama.chat().turns)
     result = run(shell, '%%llama --new -s "Other." -n 3\n' + "word " * 2000)
     assert isinstance(result.error_in_exec, UsageError)

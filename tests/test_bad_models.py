@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from IPython.core.error import UsageError
 
-from helpers import run
+from helpers import run, run_ok
 from tinymodels import Tiny, random_weights, train_tokenizer, vocab_of, write_gguf, write_safetensors
 
 
@@ -82,7 +82,7 @@ CATALOGUE = {
 def test_bad_model(shell, llama, capsys, bad, case):
     line, expected = CATALOGUE[case]
     shell.run_line_magic("llama", "load demo")
-    run(shell, "%%llama -n 3\nkeep me")
+    run_ok(shell, "%%llama -n 3\nkeep me")
     generator, before = llama.generator, list(llama.chat().turns)
     capsys.readouterr()
     result = run(shell, line.format(**{k: str(v) for k, v in bad.items()}))

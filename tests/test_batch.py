@@ -15,15 +15,6 @@ from ct2_magics.errors import LlamaError
 WORDS = "the sky robot lived house a def load blue in cat morning square trees people read".split()
 
 
-@pytest.fixture
-def llama(llama):
-    """The shared session with the settings these tests assume, whatever other tests left in the shell's config."""
-    llama.settings.max_context = 8192
-    llama.settings.batch_size = 16
-    llama.settings.system = None
-    return llama
-
-
 @pytest.fixture(scope="module")
 def continuation_model(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo weights with a chat template that ends at the user's text, so greedy replies depend on the prompt."""

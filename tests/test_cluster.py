@@ -39,9 +39,7 @@ def client(_cache_dir):
 
 @pytest.fixture
 def llama(llama):
-    llama.settings.max_context = 8192
     llama.settings.batch_size = 4
-    llama.settings.system = None
     return llama
 
 
@@ -153,7 +151,6 @@ def test_a_path_missing_on_the_workers_is_one_line(llama, client, demo_model, tm
 
 
 def test_a_hub_id_the_workers_cannot_download_is_one_line(llama, client):
-    llama.unload()
     llama.settings.model = "someone/not-in-any-cache"  # no model here: the workers fetch it themselves
     with pytest.raises(LlamaError, match=r"^worker tcp://\S+ \(name \d\) cannot load someone/not-in-any-cache: Cannot download "
                                          r"someone/not-in-any-cache: the Hub is unreachable"):

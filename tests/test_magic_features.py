@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 from IPython.core.error import UsageError
 
-from helpers import reply_outputs, run
+from helpers import reply_outputs, run, run_ok
 
 CODE_REPLY = "Here:\n```\n\nfound = 7\n```"  # the script models can replay only some texts; these build
 JSON_REPLY = '{"id": 7}'
@@ -24,12 +22,6 @@ def one_usage_line(capsys, result) -> str:
 
 def last_prompt(llama, chat: str = "default") -> str:
     return [m["content"] for m in llama.history(chat) if m["role"] == "user"][-1]
-
-
-@pytest.fixture
-def no_last_error(monkeypatch):
-    for name in ("last_type", "last_value", "last_traceback"):
-        monkeypatch.delattr(sys, name, raising=False)
 
 
 # -- --out and --format ---------------------------------------------------------------------------
@@ -102,7 +94,7 @@ def test_format_json_with_a_non_json_reply_is_one_line_and_keeps_the_reply(shell
 # -- {variable} prompts ---------------------------------------------------------------------------
 def test_variables_are_filled_and_nothing_is_evaluated(shell, llama, capsys):
     shell.run_line_magic("llama", "load demo")
-    run(shell, "x = 42\nnums = [1, 2]")
+    run_ok(shell, "x = 42\nnums = [1, 2]")
     cell = "%%llama -n 2\nx={x} nums={nums} {missing} {{x}} {x.__class__} {__import__('os')} {x!r} {nums[0]} {x:>5}"
     assert run(shell, cell).success
     assert last_prompt(llama) == "x=42 nums=[1, 2] {missing} {x} {x.__class__} {__import__('os')} {x!r} {nums[0]} {x:>5}"
@@ -111,7 +103,7 @@ def test_variables_are_filled_and_nothing_is_evaluated(shell, llama, capsys):
 
 def test_in_and_out_refer_to_cells(shell, llama):
     shell.run_line_magic("llama", "load demo")
-    run(shell, "40 + 2")
+    run_ok(shell, "40 + 2")
     n = shell.execution_count - 1
     assert run(shell, f"%%llama -n 2\nIn: {{In[{n}]}} Out: {{Out[{n}]}} none: {{Out[{n + 1000}]}}").success
     assert last_prompt(llama) == f"In: 40 + 2 Out: 42 none: {{Out[{n + 1000}]}}"
@@ -119,16 +111,16 @@ def test_in_and_out_refer_to_cells(shell, llama):
 
 def test_no_vars_sends_braces_as_written(shell, llama):
     shell.run_line_magic("llama", "load demo")
-    run(shell, "x = 42")
+    run_ok(shell, "x = 42")
     assert run(shell, "%%llama -n 2 --no-vars\n{x} {{x}}").success
     assert last_prompt(llama) == "{x} {{x}}"
 
 
 def test_tables_and_long_text_are_capped(shell, llama):
     shell.run_line_magic("llama", "load demo")
-    run(shell, "import pandas as pd\n"
-               "df = pd.DataFrame({f'c{i}': range(500) for i in range(30)})\n"
-               "doc = 'word ' * 2469")
+    run_ok(shell, "import pandas as pd\n"
+                  "df = pd.DataFrame({f'c{i}': range(500) for i in range(30)})\n"
+                  "doc = 'word ' * 2469")
     assert run(shell, "%%llama -n 2\nTable:\n{df}\nColumn:\n{df[c0]}\nDoc:\n{doc}").success
     prompt = last_prompt(llama)
     table = prompt.split("Column:")[0]
@@ -140,7 +132,7 @@ def test_tables_and_long_text_are_capped(shell, llama):
 
 
 # -- %llama explain -------------------------------------------------------------------------------
-def test_explain_sends_the_error_and_its_cell_and_streams_a_reply(shell, llama, no_last_error):
+def test_explain_sends_the_error_and_its_cell_and_streams_a_reply(shell, llama):
     shell.run_line_magic("llama", "load demo")
     failing = "def ratio(a, b):\n    return a / b\n\nscores = [3, 4]\nratio(sum(scores), len(scores) - 2)"
     assert not run(shell, failing).success
@@ -156,20 +148,20 @@ def test_explain_sends_the_error_and_its_cell_and_streams_a_reply(shell, llama, 
     assert [c.name for c in llama.chats] == ["explain"]  # the default chat is untouched
 
 
-def test_explain_starts_its_chat_afresh_or_adds_to_a_named_one(shell, llama, no_last_error):
+def test_explain_starts_its_chat_afresh_or_adds_to_a_named_one(shell, llama):
     shell.run_line_magic("llama", "load demo")
     run(shell, "1 / 0")
-    run(shell, "%llama explain -n 3")
+    run_ok(shell, "%llama explain -n 3")
     run(shell, "int('seven')")
-    run(shell, "%llama explain -n 3")
+    run_ok(shell, "%llama explain -n 3")
     explain = llama.history("explain")
     assert len(explain) == 2 and "ValueError" in explain[0]["content"]
-    run(shell, "%%llama -n 3\nhello")
-    run(shell, "%llama explain -n 3 --chat default")
+    run_ok(shell, "%%llama -n 3\nhello")
+    run_ok(shell, "%llama explain -n 3 --chat default")
     assert len(llama.history()) == 4 and "ValueError" in llama.history()[2]["content"]
 
 
-def test_explain_survives_a_usage_error_in_between(shell, llama, capsys, no_last_error):
+def test_explain_survives_a_usage_error_in_between(shell, llama, capsys):
     shell.run_line_magic("llama", "load demo")
     run(shell, "[1, 2, 3][10]")
     run(shell, "%llama explian")
@@ -178,7 +170,7 @@ def test_explain_survives_a_usage_error_in_between(shell, llama, capsys, no_last
     assert "IndexError" in last_prompt(llama, "explain")
 
 
-def test_explain_a_syntax_error_shows_the_cell(shell, llama, no_last_error):
+def test_explain_a_syntax_error_shows_the_cell(shell, llama):
     shell.run_line_magic("llama", "load demo")
     run(shell, "if True print('hi')")
     assert run(shell, "%llama explain -n 3").success
@@ -186,7 +178,7 @@ def test_explain_a_syntax_error_shows_the_cell(shell, llama, no_last_error):
     assert "SyntaxError" in prompt and "if True print('hi')" in prompt
 
 
-def test_explain_without_an_error_is_one_line(shell, llama, capsys, no_last_error):
+def test_explain_without_an_error_is_one_line(shell, llama, capsys):
     shell.run_line_magic("llama", "load demo")
     capsys.readouterr()
     err = one_usage_line(capsys, run(shell, "%llama explain"))
@@ -196,7 +188,7 @@ def test_explain_without_an_error_is_one_line(shell, llama, capsys, no_last_erro
 
 
 def test_help_lists_the_new_options(shell, capsys):
-    run(shell, "%llama help")
+    run_ok(shell, "%llama help")
     out = capsys.readouterr().out
     assert all(word in out for word in ("--out", "--format", "--no-vars", "{In[3]}", "%llama explain"))
 

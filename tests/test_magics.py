@@ -9,7 +9,7 @@ import textwrap
 import pytest
 from IPython.core.error import UsageError
 
-from helpers import html_text, plains, reference_greedy, reply_outputs, run
+from helpers import html_text, plains, reference_greedy, reply_outputs, run, run_ok
 
 SCRIPT = "नमस्ते दुनिया 🙂 สวัสดี 你好世界"
 
@@ -91,27 +91,27 @@ def test_followups_share_history_and_options(shell, llama):
 
 def test_rerunning_a_cell_replaces_its_turn(shell, llama):
     shell.run_line_magic("llama", "load demo")
-    run(shell, "%%llama -n 4\nQ1", cell_id="cell-a")
-    run(shell, "%%llama -n 4\nQ2", cell_id="cell-b")
-    run(shell, "%%llama -n 4\nQ1 edited", cell_id="cell-a")
+    run_ok(shell, "%%llama -n 4\nQ1", cell_id="cell-a")
+    run_ok(shell, "%%llama -n 4\nQ2", cell_id="cell-b")
+    run_ok(shell, "%%llama -n 4\nQ1 edited", cell_id="cell-a")
     users = [m["content"] for m in llama.history() if m["role"] == "user"]
     assert users == ["Q1 edited", "Q2"]
 
 
 def test_undo_reset_system_and_history_commands(shell, llama, capsys):
     shell.run_line_magic("llama", "load demo")
-    run(shell, "%%llama -n 3\none")
-    run(shell, "%%llama -n 3\ntwo")
-    run(shell, "%llama undo")
+    run_ok(shell, "%%llama -n 3\none")
+    run_ok(shell, "%%llama -n 3\ntwo")
+    run_ok(shell, "%llama undo")
     assert [m["content"] for m in llama.history() if m["role"] == "user"] == ["one"]
-    run(shell, '%llama system "Answer in French."')
+    run_ok(shell, '%llama system "Answer in French."')
     assert llama.history()[0] == {"role": "system", "content": "Answer in French."}
     shell.display_pub.outputs.clear()
-    run(shell, "%llama history")
+    run_ok(shell, "%llama history")
     assert "You: one" in plains(shell)[-1]
-    run(shell, "%llama reset")
+    run_ok(shell, "%llama reset")
     assert llama.history() == [{"role": "system", "content": "Answer in French."}]
-    run(shell, "%llama status")
+    run_ok(shell, "%llama status")
     out = capsys.readouterr().out
     assert "demo on cpu" in out and "default (0 turns)" in out
 
@@ -137,7 +137,7 @@ def test_undo_reset_system_and_history_commands(shell, llama, capsys):
 )
 def test_bad_input_is_one_line_and_keeps_state(shell, llama, capsys, cell):
     shell.run_line_magic("llama", "load demo")
-    run(shell, "%%llama -n 3\nkeep me")
+    run_ok(shell, "%%llama -n 3\nkeep me")
     generator, before = llama.generator, llama.history()
     capsys.readouterr()
     result = run(shell, cell)
@@ -158,7 +158,7 @@ def test_int8_float16_model_falls_back_to_int8_on_cpu_with_a_notice(shell, tmp_p
     from ct2_magics.models.demo import build_model
 
     path = build_model(tmp_path / "m", quantization="int8_float16")
-    run(shell, f"%llama load {path}")
+    run_ok(shell, f"%llama load {path}")
     out = capsys.readouterr().out
     assert "stored as int8_float16" in out and "using int8" in out
     from ct2_magics import llama
@@ -193,31 +193,23 @@ def test_default_model_comes_from_the_environment(monkeypatch):
 
 def test_unload_ext_frees_the_model_and_keeps_chats(shell, llama):
     shell.run_line_magic("llama", "load demo")
-    run(shell, "%%llama -n 3\nhello")
+    run_ok(shell, "%%llama -n 3\nhello")
     generator = llama.generator
     shell.run_line_magic("unload_ext", "ct2_magics")
     assert llama.generator is None and not generator.model_is_loaded
     assert "llama" not in shell.magics_manager.magics["cell"]
     assert len(llama.history()) == 2
-    shell.run_line_magic("load_ext", "ct2_magics")
 
 
 def test_terminal_shell_prints_plain_text(ipython, demo_model, capfd):
-    from ct2_magics.core import session
-
-    session.drop_session()
     ipython.run_line_magic("load_ext", "ct2_magics")
-    try:
-        ipython.run_line_magic("llama", "load demo")
-        capfd.readouterr()
-        run(ipython, "%%llama -t 0 -n 20\nhello")
-        out = capfd.readouterr().out
-        from ct2_magics import llama
+    ipython.run_line_magic("llama", "load demo")
+    capfd.readouterr()
+    run_ok(ipython, "%%llama -t 0 -n 20\nhello")
+    out = capfd.readouterr().out
+    from ct2_magics import llama
 
-        assert llama.history()[-1]["content"] in out
-    finally:
-        ipython.run_line_magic("unload_ext", "ct2_magics")
-        session.drop_session()
+    assert llama.history()[-1]["content"] in out
 
 
 def test_a_system_prompt_is_cached_and_changes_nothing(shell, llama, demo_model):

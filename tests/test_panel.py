@@ -205,9 +205,8 @@ def test_the_shortcut_key_sends_what_was_typed(llama, panel):
     assert p.wait(30) and llama.chat().turns[-1].user == "typed text"
 
 
-def test_errors_show_one_line_and_keep_the_history(shell, llama, panel, monkeypatch, request):
+def test_errors_show_one_line_and_keep_the_history(shell, llama, panel, monkeypatch):
     shell.run_line_magic("config", "LlamaSettings.model = '/no/such/dir'")
-    request.addfinalizer(lambda: shell.config.LlamaSettings.pop("model", None))
     p = panel()
     assert "/no/such/dir" in p.status.value
     p.input.value = "hello?"

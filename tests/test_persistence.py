@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from IPython.core.error import UsageError
 
 from ct2_magics.core import session as session_module
 from ct2_magics.notebook import store
-from helpers import run, wait_for
+from helpers import run, run_ok, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -36,14 +35,11 @@ def open_notebook(shell, path: Path, fresh_kernel: bool = True) -> None:
 
 @pytest.fixture
 def notebook(shell, tmp_path):
-    """The shell as the kernel of tmp_path/nb.ipynb, with the demo model loaded; yields this kernel's save file."""
+    """The shell as the kernel of tmp_path/nb.ipynb, with the demo model loaded; returns this kernel's save file."""
     path = tmp_path / "nb.ipynb"
     open_notebook(shell, path)
     shell.run_line_magic("llama", "load demo")
-    try:
-        yield store.kernel_file(str(path), store.KERNEL)
-    finally:
-        shell.user_ns.pop("__session__", None)  # the shell is shared: other tests run outside a notebook
+    return store.kernel_file(str(path), store.KERNEL)
 
 
 def saved(path: Path) -> dict:
@@ -82,13 +78,13 @@ def test_save_and_restore_by_hand(shell, llama, tmp_path, capsys):
     assert set(turns(data)[0]) == {"user", "assistant", "status", "cell_id"}
     assert turns(data)[1]["user"] == "and again" and turns(data)[1]["status"] == "complete"
 
-    run(shell, "%llama reset")
+    run_ok(shell, "%llama reset")
     capsys.readouterr()
     assert run(shell, f"%llama restore '{file}' --chat default").success
     assert one_line(capsys.readouterr().out) == f"Restored 1 chat (2 turns) from {file}.\n"
     assert llama.history() == before["default"]
 
-    run(shell, "%%llama -n 3 --chat side\nsomething else")
+    run_ok(shell, "%%llama -n 3 --chat side\nsomething else")
     capsys.readouterr()
     assert run(shell, f"%llama restore '{file}'").success
     out = one_line(capsys.readouterr().out)
@@ -126,19 +122,19 @@ def test_autosave_writes_after_each_change(notebook, shell, llama, data_dir, tmp
 
     assert run(shell, "%%llama -n 3 --chat later\na chat made after loading").success
     assert len(turns(saved(notebook), "later")) == 1
-    run(shell, "%llama system Answer in French.")
+    run_ok(shell, "%llama system Answer in French.")
     assert saved(notebook)["chats"]["default"]["system"] == "Answer in French."
-    run(shell, "%llama undo")
+    run_ok(shell, "%llama undo")
     assert len(turns(saved(notebook))) == 1
-    run(shell, "%llama reset --chat later")
+    run_ok(shell, "%llama reset --chat later")
     assert turns(saved(notebook), "later") == []
     assert store.notebook_files(str(tmp_path / "nb.ipynb")) == [notebook]
     assert not [p for p in notebook.parent.iterdir() if p.name.endswith(".tmp")]  # no temp file left behind
 
 
 def test_reload_restores_the_notebooks_chats(notebook, shell, llama, tmp_path, capsys):
-    run(shell, "%%llama -n 3\nfirst")
-    run(shell, "%%llama -n 3 --chat side -s 'Be brief.'\nside")
+    run_ok(shell, "%%llama -n 3\nfirst")
+    run_ok(shell, "%%llama -n 3 --chat side -s 'Be brief.'\nside")
     before = {name: llama.history(name) for name in ("default", "side")}
     capsys.readouterr()
 
@@ -149,7 +145,7 @@ def test_reload_restores_the_notebooks_chats(notebook, shell, llama, tmp_path, c
     shell.run_line_magic("reload_ext", "ct2_magics")  # the same session: its chats are kept, not doubled
     assert session_module.get_session().history() == before["default"]
     shell.run_line_magic("llama", "load demo")
-    run(shell, "%%llama -n 3\nafter the restart")
+    run_ok(shell, "%%llama -n 3\nafter the restart")
     assert len(turns(saved(notebook))) == 2  # restored chats go on saving
 
     open_notebook(shell, tmp_path / "other.ipynb")
@@ -157,7 +153,7 @@ def test_reload_restores_the_notebooks_chats(notebook, shell, llama, tmp_path, c
 
 
 def test_unload_stops_saving(notebook, shell, llama):
-    run(shell, "%%llama -n 3\nfirst")
+    run_ok(shell, "%%llama -n 3\nfirst")
     shell.run_line_magic("unload_ext", "ct2_magics")
     llama.chat().reset()
     assert len(turns(saved(notebook))) == 1
@@ -171,18 +167,15 @@ def test_a_corrupt_file_is_set_aside_with_one_line(shell, tmp_path, capsys):
     file.write_text('{"version": 1, "chats": {"default": {"turns": [{"user": "cut sh')
     capsys.readouterr()
     open_notebook(shell, path)
-    try:
-        line = one_line(capsys.readouterr().out)
-        backups = list(file.parent.glob(f"{file.stem}.corrupt-*.json"))
-        assert "Could not read this notebook's saved chats (not valid JSON" in line and str(backups[0]) in line
-        assert backups[0].read_text().endswith("cut sh") and not file.exists()
-        llama = session_module.get_session()
-        assert len(llama.chats) == 0
-        shell.run_line_magic("llama", "load demo")
-        assert run(shell, "%%llama -n 3\nhello").success
-        assert len(turns(saved(store.kernel_file(str(path), store.KERNEL)))) == 1 and backups[0].exists()
-    finally:
-        shell.user_ns.pop("__session__", None)
+    line = one_line(capsys.readouterr().out)
+    backups = list(file.parent.glob(f"{file.stem}.corrupt-*.json"))
+    assert "Could not read this notebook's saved chats (not valid JSON" in line and str(backups[0]) in line
+    assert backups[0].read_text().endswith("cut sh") and not file.exists()
+    llama = session_module.get_session()
+    assert len(llama.chats) == 0
+    shell.run_line_magic("llama", "load demo")
+    assert run(shell, "%%llama -n 3\nhello").success
+    assert len(turns(saved(store.kernel_file(str(path), store.KERNEL)))) == 1 and backups[0].exists()
 
 
 @pytest.mark.parametrize("content", [
@@ -208,14 +201,11 @@ def test_other_unreadable_files_are_set_aside_too(shell, tmp_path, capsys, conte
     file.write_bytes(content)
     capsys.readouterr()
     open_notebook(shell, path)
-    try:
-        assert "Could not read this notebook's saved chats" in one_line(capsys.readouterr().out)
-        assert [p.read_bytes() for p in file.parent.glob("*.json")] == [content]
-        assert len(session_module.get_session().chats) == 0
-        shell.run_line_magic("llama", "load demo")
-        assert run(shell, "%%llama -n 2\nhello").success  # the next request works
-    finally:
-        shell.user_ns.pop("__session__", None)
+    assert "Could not read this notebook's saved chats" in one_line(capsys.readouterr().out)
+    assert [p.read_bytes() for p in file.parent.glob("*.json")] == [content]
+    assert len(session_module.get_session().chats) == 0
+    shell.run_line_magic("llama", "load demo")
+    assert run(shell, "%%llama -n 2\nhello").success  # the next request works
 
 
 def test_autosave_off_writes_nothing(notebook, shell, llama, tmp_path):
@@ -224,13 +214,13 @@ def test_autosave_off_writes_nothing(notebook, shell, llama, tmp_path):
     assert not notebook.parent.exists()
 
     llama.settings.autosave = True
-    run(shell, "%%llama -n 3\nsaved now")
+    run_ok(shell, "%%llama -n 3\nsaved now")
     assert len(turns(saved(notebook))) == 2
     shell.config.LlamaSettings.autosave = False  # as from ipython_config.py: no restore, no saving
     open_notebook(shell, tmp_path / "nb.ipynb")
     shell.run_line_magic("llama", "load demo")
     assert len(session_module.get_session().chats) == 0
-    run(shell, "%%llama -n 3\nnot saved")
+    run_ok(shell, "%%llama -n 3\nnot saved")
     assert len(turns(saved(notebook))) == 2
 
 
@@ -238,17 +228,14 @@ def test_an_unwritable_data_dir_warns_once(shell, tmp_path, monkeypatch, capsys)
     (tmp_path / "a_file").write_text("")
     monkeypatch.setenv("CT2_MAGICS_DATA", str(tmp_path / "a_file" / "data"))
     open_notebook(shell, tmp_path / "nb.ipynb")
-    try:
-        shell.run_line_magic("llama", "load demo")
-        capsys.readouterr()
-        assert run(shell, "%%llama -n 3\nhello").success
-        line = one_line(capsys.readouterr().out)
-        assert line.startswith("Could not save this notebook's chats") and "kept in memory only" in line
-        assert run(shell, "%%llama -n 3\nagain").success
-        assert "Could not save" not in capsys.readouterr().out
-        assert len(session_module.get_session().chat().turns) == 2
-    finally:
-        shell.user_ns.pop("__session__", None)
+    shell.run_line_magic("llama", "load demo")
+    capsys.readouterr()
+    assert run(shell, "%%llama -n 3\nhello").success
+    line = one_line(capsys.readouterr().out)
+    assert line.startswith("Could not save this notebook's chats") and "kept in memory only" in line
+    assert run(shell, "%%llama -n 3\nagain").success
+    assert "Could not save" not in capsys.readouterr().out
+    assert len(session_module.get_session().chat().turns) == 2
 
 
 def test_outside_a_notebook_nothing_is_saved(shell, llama, data_dir):
@@ -290,9 +277,7 @@ def test_saving_a_thousand_turn_chat_is_fast(tmp_path):
 
 
 # -- %llama explain and other magics' usage errors --------------------------------------------------
-def test_explain_skips_another_magics_usage_error(shell, llama, capsys, monkeypatch):
-    for name in ("last_type", "last_value", "last_traceback"):
-        monkeypatch.delattr(sys, name, raising=False)
+def test_explain_skips_another_magics_usage_error(shell, llama, capsys):
     shell.run_line_magic("llama", "load demo")
     run(shell, "[1, 2, 3][10]")
     assert isinstance(run(shell, "%load_ext").error_in_exec, UsageError)  # not ours: %llama never ran
@@ -302,13 +287,11 @@ def test_explain_skips_another_magics_usage_error(shell, llama, capsys, monkeypa
 
 
 def test_load_and_unload_leave_the_shells_events_as_they_were(ipython):
-    session_module.drop_session()
     before = {name: list(fns) for name, fns in ipython.events.callbacks.items()}
     ipython.run_line_magic("load_ext", "ct2_magics")
     assert len(ipython.events.callbacks["post_run_cell"]) == len(before["post_run_cell"]) + 1
     ipython.run_line_magic("unload_ext", "ct2_magics")
     assert {name: list(fns) for name, fns in ipython.events.callbacks.items()} == before
-    session_module.drop_session()
 
 
 # -- a real kernel, killed mid-reply --------------------------------------------------------------

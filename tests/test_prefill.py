@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run, wait_for
+from helpers import run, run_ok, wait_for
 
 SYSTEM = ("You are a careful statistician who answers briefly, names the test you would use, states its "
           "assumptions, and warns about small samples, outliers and multiple comparisons.")
@@ -56,11 +56,11 @@ def conversation(llama, *, pause: bool) -> list[str]:
 
 
 def test_replies_are_the_same_with_and_without_the_cache(shell, llama):
-    run(shell, "%config LlamaSettings.prefix_cache_mb = 0")  # nothing cached at all: the plain prompt every turn
+    run_ok(shell, "%config LlamaSettings.prefix_cache_mb = 0")  # nothing cached at all: the plain prompt every turn
     llama.load("demo")
     plain = conversation(llama, pause=False)
     assert cache(llama)["prefixes"] == 0 and cache(llama)["prefills"] == 0
-    run(shell, "%config LlamaSettings.prefix_cache_mb = 1024")
+    run_ok(shell, "%config LlamaSettings.prefix_cache_mb = 1024")
     assert conversation(llama, pause=True) == plain  # prefilled while "reading"
     assert cache(llama)["prefills"] >= 5
     llama.unload()
@@ -71,12 +71,12 @@ def test_replies_are_the_same_with_and_without_the_cache(shell, llama):
 
 def test_a_real_model_gives_the_same_greedy_replies_with_and_without_the_cache(shell, llama, smollm2_int8):
     # int8 logits depend on where a prompt is split (BENCHMARKS.md, Findings): the demo model hides that, smollm2 not.
-    run(shell, "%config LlamaSettings.prefix_cache_mb = 0")
+    run_ok(shell, "%config LlamaSettings.prefix_cache_mb = 0")
     llama.load("smollm2")
     llama.chat().set_system(SYSTEM)
     plain = chat_turns(llama, QUESTIONS, pause=False, tokens=40)
     llama.reset()
-    run(shell, "%config LlamaSettings.prefix_cache_mb = 1024")
+    run_ok(shell, "%config LlamaSettings.prefix_cache_mb = 1024")
     cached = chat_turns(llama, QUESTIONS, pause=True, tokens=40)
     assert [t["text"] for t in cached] == [t["text"] for t in plain]
     assert all(t["cached_prompt_tokens"] > 0 for t in cached[2:]) and cache(llama)["prefills"] >= 4
@@ -97,22 +97,22 @@ def test_after_a_pause_the_next_turn_reads_only_its_new_tokens(llama):
 
 
 def test_the_off_switch(shell, llama):
-    run(shell, "%config LlamaSettings.prefill = False")
+    run_ok(shell, "%config LlamaSettings.prefill = False")
     llama.load("demo")
     turns = chat_turns(llama, QUESTIONS[:3], pause=True)
     assert [t["cached_prompt_tokens"] for t in turns] == [0, 0, 0]
     assert cache(llama)["prefills"] == 0 and cache(llama)["prefixes"] == 0
-    run(shell, "%config LlamaSettings.prefill = True")
+    run_ok(shell, "%config LlamaSettings.prefill = True")
     later = chat_turns(llama, QUESTIONS[3:5], pause=True)
     assert later[1]["cached_prompt_tokens"] > 0 and cache(llama)["prefills"] == 2
 
 
 def test_the_cache_stays_within_its_budget_and_is_emptied_in_idle_time(shell, llama):
-    run(shell, "%config LlamaSettings.prefix_cache_mb = 0")
+    run_ok(shell, "%config LlamaSettings.prefix_cache_mb = 0")
     llama.load("demo")
     plain = [t["text"] for t in chat_turns(llama, QUESTIONS, pause=False)]
     llama.reset()
-    run(shell, "%config LlamaSettings.prefix_cache_mb = 2")  # the demo caches 8 KiB a token: 256 tokens
+    run_ok(shell, "%config LlamaSettings.prefix_cache_mb = 2")  # the demo caches 8 KiB a token: 256 tokens
     limit = cache(llama)["limit"]
     assert limit == 2 * 2**20
     seen = []
@@ -125,13 +125,13 @@ def test_the_cache_stays_within_its_budget_and_is_emptied_in_idle_time(shell, ll
     assert seen[-1][2]["clears"] >= 1  # a prefix that did not fit emptied the cache first
     assert any(cached > 0 for _, cached, _ in seen[1:])
     # Lowering the budget below what is held empties the cache in idle time; the model still answers the same.
-    run(shell, "%config LlamaSettings.prefix_cache_mb = 1024")
+    run_ok(shell, "%config LlamaSettings.prefix_cache_mb = 1024")
     llama.reset()
     llama.chat().set_system(LONG)
     chat_turns(llama, QUESTIONS[:3], pause=True)
     held = cache(llama)
     assert held["bytes"] > limit
-    run(shell, "%config LlamaSettings.prefix_cache_mb = 2")
+    run_ok(shell, "%config LlamaSettings.prefix_cache_mb = 2")
     emptied = settle(llama)
     assert emptied["bytes"] == 0 and emptied["prefixes"] == 0 and emptied["clears"] == held["clears"] + 1
     llama.reset()
@@ -182,7 +182,7 @@ def test_unload_and_a_failing_load_while_a_prefill_is_scheduled(shell, llama, de
     third.consume()
     assert third.metadata()["cached_prompt_tokens"] > 0
     llama.undo()
-    run(shell, "%config LlamaSettings.prefix_cache_mb = 0")
+    run_ok(shell, "%config LlamaSettings.prefix_cache_mb = 0")
     assert llama.ask(QUESTIONS[2], temperature=0, max_tokens=24) == third.text
 
 

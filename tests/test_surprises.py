@@ -15,7 +15,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from ct2_magics.errors import LlamaError
-from helpers import run
+from helpers import run, run_ok
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,16 +194,13 @@ def test_reloading_the_extension_restores_nothing_it_already_has(shell, llama, c
     monkeypatch.setenv("CT2_MAGICS_DATA", str(tmp_path / "data"))
     shell.run_line_magic("unload_ext", "ct2_magics")
     shell.user_ns["__session__"] = str(tmp_path / "nb.ipynb")
-    try:
-        shell.run_line_magic("load_ext", "ct2_magics")
-        assert run(shell, "%llama system Be brief.").success  # a chat with a system prompt and no turns, saved
-        capsys.readouterr()
-        shell.run_line_magic("unload_ext", "ct2_magics")
-        shell.run_line_magic("load_ext", "ct2_magics")
-        assert "Restored" not in capsys.readouterr().out
-        assert llama.chat().system == "Be brief."
-    finally:
-        shell.user_ns.pop("__session__", None)
+    shell.run_line_magic("load_ext", "ct2_magics")
+    assert run(shell, "%llama system Be brief.").success  # a chat with a system prompt and no turns, saved
+    capsys.readouterr()
+    shell.run_line_magic("unload_ext", "ct2_magics")
+    shell.run_line_magic("load_ext", "ct2_magics")
+    assert "Restored" not in capsys.readouterr().out
+    assert llama.chat().system == "Be brief."
 
 
 # -- %llama explain ---------------------------------------------------------------------------------
@@ -219,7 +216,7 @@ def test_explain_history_shows_the_learners_question_not_the_instructions(shell,
     sent = shell.display_pub.outputs[-1]["metadata"]["ct2_magics"]["prompt_tokens"]
     assert sent > len(llama.engine.prompt_ids([{"role": "user", "content": question}]))  # the model got them
     shell.display_pub.outputs.clear()
-    run(shell, "%llama history --chat explain")
+    run_ok(shell, "%llama history --chat explain")
     (shown,) = [o["data"]["text/plain"] for o in shell.display_pub.outputs]
     assert "scores[5]" in shown and EXPLAIN_INSTRUCTIONS not in shown
 
@@ -258,7 +255,7 @@ def test_the_magic_and_the_cli_read_convert_arguments_alike(shell, capsys, tmp_p
 def test_help_lists_every_sampling_option(shell, capsys):
     from ct2_magics.core.options import OPTIONS
 
-    run(shell, "%llama help")
+    run_ok(shell, "%llama help")
     out = capsys.readouterr().out
     assert all(f"{'/'.join(o.flags)} {o.metavar}" in out for o in OPTIONS)
     assert "%llama system [--chat NAME] --clear" in out

@@ -33,7 +33,7 @@ from ct2_magics.notebook import markup
 from ct2_magics.notebook import render
 
 from ct2_magics.notebook import store
-from helpers import html_tags, html_text, reply_outputs, run
+from helpers import html_tags, html_text, reply_outputs, run, run_ok
 from hostile import BENIGN, PAYLOADS, UNCLOSED_FENCE, fill, unsafe_parts
 
 HOSTILE_REPLY = ('Hi <img src=x onerror="window.__a=1"> and [x](javascript:alert(2)) ![s](http://127.0.0.1:9/i?q=1)'
@@ -155,10 +155,10 @@ def test_error_lines_and_status_are_inert(shell, llama, capsys):
     err = capsys.readouterr().err
     assert isinstance(result.error_in_exec, UsageError) and "\x1b" not in err and err.count("\n") == 1
     llama.chat("name\x1b[8mhidden")
-    run(shell, "%llama status")
+    run_ok(shell, "%llama status")
     out = capsys.readouterr().out
     assert "\x1b" not in out and "name\u241b[8mhidden" in out
-    run(shell, "%%llama -n 2\n{evil}\x1b[31m")  # the notice about {evil} quotes the prompt's text
+    run_ok(shell, "%%llama -n 2\n{evil}\x1b[31m")  # the notice about {evil} quotes the prompt's text
     assert "\x1b" not in capsys.readouterr().out
 
 
