@@ -255,3 +255,11 @@ def test_a_model_folder_under_a_dot_cache_directory_loads(shell, llama, demo_mod
     (folder / ".cache" / "model.bin.lock").write_text("")
     assert run(shell, f"%llama load {folder}").success
     assert llama.engine.model_dir == folder and run(shell, "%%llama -n 2\nhi").success
+
+
+def test_load_then_unload_leaves_the_shell_as_it_was(ipython):
+    before = list(ipython.configurables)
+    for _ in range(2):
+        ipython.run_line_magic("load_ext", "ct2_magics")
+        ipython.run_line_magic("unload_ext", "ct2_magics")
+    assert ipython.configurables == before  # no magics object (holding the session) left behind, however often

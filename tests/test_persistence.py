@@ -12,7 +12,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from ct2_magics.core import session as session_module
-from ct2_magics.notebook import store
+from ct2_magics.notebook import chat_files, store
 from helpers import run, run_ok, wait_for
 
 
@@ -39,7 +39,7 @@ def notebook(shell, tmp_path):
     path = tmp_path / "nb.ipynb"
     open_notebook(shell, path)
     shell.run_line_magic("llama", "load demo")
-    return store.kernel_file(str(path), store.KERNEL)
+    return chat_files.kernel_file(str(path), chat_files.KERNEL)
 
 
 def saved(path: Path) -> dict:
@@ -128,7 +128,7 @@ def test_autosave_writes_after_each_change(notebook, shell, llama, data_dir, tmp
     assert len(turns(saved(notebook))) == 1
     run_ok(shell, "%llama reset --chat later")
     assert turns(saved(notebook), "later") == []
-    assert store.notebook_files(str(tmp_path / "nb.ipynb")) == [notebook]
+    assert chat_files.notebook_files(str(tmp_path / "nb.ipynb")) == [notebook]
     assert not [p for p in notebook.parent.iterdir() if p.name.endswith(".tmp")]  # no temp file left behind
 
 
@@ -162,7 +162,7 @@ def test_unload_stops_saving(notebook, shell, llama):
 
 def test_a_corrupt_file_is_set_aside_with_one_line(shell, tmp_path, capsys):
     path = tmp_path / "nb.ipynb"
-    file = store.notebook_file(str(path))
+    file = chat_files.notebook_file(str(path))
     file.parent.mkdir(parents=True)
     file.write_text('{"version": 1, "chats": {"default": {"turns": [{"user": "cut sh')
     capsys.readouterr()
@@ -175,7 +175,7 @@ def test_a_corrupt_file_is_set_aside_with_one_line(shell, tmp_path, capsys):
     assert len(llama.chats) == 0
     shell.run_line_magic("llama", "load demo")
     assert run(shell, "%%llama -n 3\nhello").success
-    assert len(turns(saved(store.kernel_file(str(path), store.KERNEL)))) == 1 and backups[0].exists()
+    assert len(turns(saved(chat_files.kernel_file(str(path), chat_files.KERNEL)))) == 1 and backups[0].exists()
 
 
 @pytest.mark.parametrize("content", [
@@ -196,7 +196,7 @@ def test_a_corrupt_file_is_set_aside_with_one_line(shell, tmp_path, capsys):
 ], ids=lambda c: c[:60].decode("utf-8", "replace"))
 def test_other_unreadable_files_are_set_aside_too(shell, tmp_path, capsys, content):
     path = tmp_path / "nb.ipynb"
-    file = store.notebook_file(str(path))
+    file = chat_files.notebook_file(str(path))
     file.parent.mkdir(parents=True)
     file.write_bytes(content)
     capsys.readouterr()
@@ -246,19 +246,19 @@ def test_outside_a_notebook_nothing_is_saved(shell, llama, data_dir):
 
 def test_save_files_are_named_per_notebook_path(tmp_path, monkeypatch):
     monkeypatch.setenv("CT2_MAGICS_DATA", str(tmp_path / "root"))
-    a, b = store.notebook_file("/x/Analysis (draft).ipynb"), store.notebook_file("/y/Analysis (draft).ipynb")
+    a, b = chat_files.notebook_file("/x/Analysis (draft).ipynb"), chat_files.notebook_file("/y/Analysis (draft).ipynb")
     assert a != b and a.parent == b.parent == tmp_path / "root" / "chats"
     assert a.name.startswith("Analysis_draft-") and a.suffix == ".json"
-    assert store.notebook_file("/x/Analysis (draft).ipynb") == a
+    assert chat_files.notebook_file("/x/Analysis (draft).ipynb") == a
 
     class Shell:
         user_ns = {"__session__": "console-1-3b6a0f"}
 
-    assert store.notebook_of(Shell()) is None
+    assert chat_files.notebook_of(Shell()) is None
     Shell.user_ns = {"__session__": "nb.ipynb"}
-    assert store.notebook_of(Shell()) == os.path.abspath("nb.ipynb")
+    assert chat_files.notebook_of(Shell()) == os.path.abspath("nb.ipynb")
     monkeypatch.delenv("CT2_MAGICS_DATA")
-    assert "ct2-magics" in str(store.data_root())
+    assert "ct2-magics" in str(chat_files.data_root())
 
 
 def test_saving_a_thousand_turn_chat_is_fast(tmp_path):
@@ -267,13 +267,13 @@ def test_saving_a_thousand_turn_chat_is_fast(tmp_path):
     chat = Chat("long", system="Be helpful.",
                 turns=[Turn("question %d " % i + "x" * 300, "answer %d " % i + "y" * 2000) for i in range(1000)])
     file = tmp_path / "long.json"
-    store.write(file, [chat])
+    chat_files.write(file, [chat])
     start = time.perf_counter()
     for _ in range(5):
-        store.write(file, [chat])
+        chat_files.write(file, [chat])
     per_save = (time.perf_counter() - start) / 5
     assert per_save < 0.5, per_save  # about 10 ms here; generous for busy CI machines
-    assert store.read(file)[0].turns == chat.turns
+    assert chat_files.read(file)[0].turns == chat.turns
 
 
 # -- %llama explain and other magics' usage errors --------------------------------------------------
@@ -471,7 +471,7 @@ def test_kernels_writing_at_once_keep_their_own_turns(tmp_path):
     d = Kernel(nb, "d")  # the newest writer keeps the names; a name already taken gets a suffix
     assert d.history() == {"default": ["b1"], "side": ["b2"], "default-2": ["a1", "a2"]}
     assert d.saver.renamed == {"default-2": "default"} and d.lines == []
-    assert store.notebook_files(str(nb)) == [d.saver.path]  # the files taken over are gone: no turn comes back twice
+    assert chat_files.notebook_files(str(nb)) == [d.saver.path]  # the files taken over are gone: no turn comes back twice
     d.exit()
     e = Kernel(nb, "e")
     assert e.history() == d.history() and e.saver.renamed == {}
@@ -488,17 +488,17 @@ def test_a_crash_mid_write_or_mid_takeover_loses_nothing_and_doubles_nothing(tmp
     # a died while writing its file again: the half-written temporary file next to it is not a save file
     half = a.saver.path.with_name(f".{a.saver.path.name}.x1y2.tmp")
     half.write_text('{"version": 1, "chats": {"default": {"turns": [{"user": "a2", "assis')
-    kept = {p: p.read_bytes() for p in store.notebook_files(str(nb))}
+    kept = {p: p.read_bytes() for p in chat_files.notebook_files(str(nb))}
 
     c = Kernel(nb, "c")
     assert c.history() == {"default": ["b1"], "default-2": ["a1"]} and c.saver.renamed == {"default-2": "default"}
-    assert not half.exists() and store.notebook_files(str(nb)) == [c.saver.path]
+    assert not half.exists() and chat_files.notebook_files(str(nb)) == [c.saver.path]
     c.exit()
     for path, data in kept.items():  # as if c had died after saving what it took over, before removing the old files
         path.write_bytes(data)
     d = Kernel(nb, "d")
     assert d.history() == c.history()  # each turn once
-    assert store.notebook_files(str(nb)) == [d.saver.path]
+    assert chat_files.notebook_files(str(nb)) == [d.saver.path]
 
 
 def test_an_unreadable_file_of_one_kernel_is_set_aside_and_the_others_come_back(tmp_path):
@@ -513,7 +513,7 @@ def test_an_unreadable_file_of_one_kernel_is_set_aside_and_the_others_come_back(
     assert c.history() == {"default": ["b1"]}
     assert len(c.lines) == 1 and c.lines[0].startswith("Could not read this notebook's saved chats (not valid JSON")
     backup = Path(c.lines[0].split("kept the file as ")[1].split("; ")[0])
-    assert backup.exists() and backup.read_text() == "" and backup not in store.notebook_files(str(nb))
+    assert backup.exists() and backup.read_text() == "" and backup not in chat_files.notebook_files(str(nb))
     c.exit()
     d = Kernel(nb, "d")  # the file set aside stays aside: it is neither read again nor reported again
     assert d.history() == {"default": ["b1"]} and d.lines == [] and backup.exists()

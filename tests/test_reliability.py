@@ -57,7 +57,7 @@ def test_requests_from_many_threads_take_turns(shell, llama, script_model):
 
     def ask(name: str) -> None:
         response = llama.stream("go", chat=name, temperature=0)
-        response.on_waiting = waited.append
+        response.on_waiting.append(waited.append)
         results[name] = response.consume()
 
     threads = [threading.Thread(target=ask, args=(f"t{i}",)) for i in range(4)]

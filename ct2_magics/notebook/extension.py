@@ -31,7 +31,8 @@ def _notify(line: str) -> None:
 
 def _start_autosave(shell: Any, session: Session) -> AutoSaver | None:
     """Restore this notebook's saved chats and save them as they change; None outside a notebook."""
-    from ct2_magics.notebook.store import AutoSaver, notebook_of, restored_line
+    from ct2_magics.notebook.chat_files import notebook_of
+    from ct2_magics.notebook.store import AutoSaver, restored_line
 
     notebook = notebook_of(shell)
     if notebook is None:
@@ -81,8 +82,9 @@ def unload(shell: Any) -> None:
     if state["saver"] is not None:
         state["saver"].stop()
     session = state["session"]
-    if session.settings in shell.configurables:
-        shell.configurables.remove(session.settings)
+    for configurable in (session.settings, state["magics"]):  # IPython's Magics() adds itself there too
+        if configurable in shell.configurables:
+            shell.configurables.remove(configurable)
     if state["custom_exc"] and shell.custom_exceptions == (LlamaError,):
         shell.custom_exceptions = ()
     session.notify = lambda line: None

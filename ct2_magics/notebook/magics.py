@@ -201,23 +201,23 @@ class LlamaMagics(Magics):
         display(ChatPanel(self.session, args.chat))
 
     def _cmd_save(self, args: Any) -> None:
-        from ct2_magics.notebook import store
+        from ct2_magics.notebook import chat_files, store
 
         _check_file_name(args.file)
         chats = [self.session.chat(args.chat, create=False)] if args.chat else list(self.session.chats)
         try:
-            store.write(args.file, chats, store.notebook_of(self.shell))
+            chat_files.write(args.file, chats, chat_files.notebook_of(self.shell))
         except OSError as e:
             raise LlamaError(f"Could not write {args.file} ({e.strerror or e}).") from None
         self._say(f"Saved {store.count(chats)} to {args.file}.")
 
     def _cmd_restore(self, args: Any) -> None:
-        from ct2_magics.notebook import store
+        from ct2_magics.notebook import chat_files, store
 
         _check_file_name(args.file)
         try:
-            saved = store.read(args.file)
-        except store.Unreadable as e:
+            saved = chat_files.read(args.file)
+        except chat_files.Unreadable as e:
             raise LlamaError(f"Could not read {args.file} ({e}).") from None
         if args.chat:
             saved = [c for c in saved if c.name == args.chat.strip()]
