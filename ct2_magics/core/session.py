@@ -55,6 +55,7 @@ class Session:
         The new model is checked in full before the loaded one is freed; if it fails, the loaded one stays.
         """
         from ct2_magics.models import hub
+        from ct2_magics.models.libraries import import_libraries
         from ct2_magics.core.device import check_request
         from ct2_magics.core.engine import Engine
 
@@ -69,6 +70,7 @@ class Session:
             old = self.engine
             if old is not None and (old.name, old.requested, old.source) == (model, (device, compute_type), source):
                 return old
+            import_libraries()  # whole, Ctrl-C or not: an import cut short breaks the library until a restart
             check_request(device, compute_type)  # a device or compute type this machine lacks fails before any download
             path = hub.resolve(model, revision=source[0], file=source[1], quantization=source[2],
                                compute_type=compute_type, notify=(lambda line: None) if self.settings.quiet else self.notify)

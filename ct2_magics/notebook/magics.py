@@ -236,7 +236,9 @@ class LlamaMagics(Magics):
 
     def _cmd_convert(self, args: Any) -> None:
         from ct2_magics.cli import run_convert
+        from ct2_magics.models.libraries import import_libraries
 
+        import_libraries()  # whole, Ctrl-C or not: an import cut short in a kernel breaks it until a restart
         run_convert(args)
 
 
