@@ -1,11 +1,12 @@
-"""Ctrl-C pressed two or three times in quick succession during a reply (issue 20, item 1): the model is free at
-once and every later request works."""
+"""Ctrl-C pressed two or three times in quick succession during a reply, and Ctrl-C during a first load (issue 20,
+items 1 and 4): the model is free at once, every later request works, and so does every later load."""
 
 from __future__ import annotations
 
 import _thread
 import contextlib
 import ctypes
+import importlib.util
 import os
 import random
 import signal
@@ -193,3 +194,75 @@ def test_quick_double_and_triple_interrupts_in_a_real_kernel_leave_the_model_fre
             time.sleep(0.1)  # between cells the kernel ignores Ctrl-C: a late one must not land in the next cell
             assert execute(kc, "print(llama.busy, llama.chat().turns[-1].status)") == "False interrupted\n", i
         assert execute(kc, "print(type(llama.ask('And now?', new=True, max_tokens=5)).__name__)", timeout=30) == "str\n"
+
+
+# -- item 4: a first load interrupted while it imports its libraries ------------------------------
+LIBRARIES = ("numpy", "torch", "transformers", "tokenizers", "ctranslate2", "huggingface_hub")
+# Presses Ctrl-C as the n-th module (named prefix...) that is not imported yet starts importing: an interrupt right
+# inside an import, wherever the machine's speed puts it.
+TRIP = """
+import os, signal, sys
+class _Trip:
+    def __init__(self, prefix, n):
+        self.prefix, self.n = prefix, n
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith(self.prefix):
+            self.n -= 1
+            if self.n == 0:
+                os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, _Trip({prefix!r}, {n}))
+"""
+UNTRIP = "import sys; sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != '_Trip']"
+
+
+def load_interrupted_then_again(demo_model, interrupt) -> dict:
+    """In a fresh kernel: %load_ext (nothing heavy imported), a first load that `interrupt(km, kc)` cuts short (its
+    reply), then a second load and a question, which must work."""
+    with kernel() as (km, kc):
+        heavy = f"import sys; print(sorted(m for m in {LIBRARIES!r} if m in sys.modules))"
+        assert execute(kc, f"%load_ext ct2_magics\n{heavy}") == "[]\n"  # %load_ext stays light
+        first = interrupt(km, kc)
+        assert first["status"] == "ok" or (first["ename"] == "LlamaInterrupted" and one_line(first)), first
+        execute(kc, UNTRIP)
+        assert execute(kc, "%llama load demo", timeout=60).endswith("Loaded demo on cpu (int8_float32).\n")
+        asked = "from ct2_magics import llama; print(type(llama.ask('Hello', max_tokens=3)).__name__)"
+        assert execute(kc, asked, timeout=60) == "str\n"
+        return first
+
+
+def trip_at(n: int, prefix: str = ""):
+    def interrupt(km, kc) -> dict:
+        code = TRIP.format(prefix=prefix, n=n) + "\nget_ipython().run_line_magic('llama', 'load demo')"
+        return reply_to(kc, kc.execute(code, stop_on_error=False), timeout=120)
+    return interrupt
+
+
+def after(seconds: float):
+    def interrupt(km, kc) -> dict:
+        msg_id = kc.execute("%llama load demo", stop_on_error=False)
+        wait_for_iopub(kc, msg_id, "execute_input")
+        time.sleep(seconds)
+        km.interrupt_kernel()
+        return reply_to(kc, msg_id, timeout=120)
+    return interrupt
+
+
+def test_a_first_load_interrupted_inside_torch_or_numpy_leaves_loading_working(demo_model):
+    # transformers imports torch whenever it is installed (~750 modules, most of a first load's import time)
+    rng = random.Random(2005)
+    prefix, n = ("torch.", rng.randint(20, 600)) if importlib.util.find_spec("torch") else ("numpy.", rng.randint(5, 60))
+    first = load_interrupted_then_again(demo_model, trip_at(n, prefix))
+    assert first["status"] == "error" and first["evalue"].startswith("the load stopped once its libraries were imported")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", random.Random(2006).sample(range(1, 1200), 6))
+def test_a_first_load_interrupted_at_random_imports_leaves_loading_working(demo_model, n):
+    load_interrupted_then_again(demo_model, trip_at(n))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seconds", [round(random.Random(2007 + i).uniform(0.03, 3.0), 3) for i in range(6)])
+def test_a_first_load_interrupted_at_random_times_leaves_loading_working(demo_model, seconds):
+    load_interrupted_then_again(demo_model, after(seconds))
