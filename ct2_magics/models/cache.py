@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ct2_magics.errors import LlamaError
+from ct2_magics.models.libraries import import_converting
 from ct2_magics.models.spec import STORAGE_TYPES
 
 # Bump when the conversion itself changes, so older cache entries are converted again.
@@ -75,6 +76,7 @@ def cached(source: Path, *, label: str, quantization: str, open_model: Callable[
     if (target / DONE).is_file() and (target / "model.bin").is_file():
         return target
     started = time.perf_counter()
+    import_converting()  # whole, Ctrl-C or not: an import cut short breaks the library until a restart
     model = open_model(source)  # reads and checks the source before anything is written
     root.mkdir(parents=True, exist_ok=True)
     _clear_leftovers(root, target)
