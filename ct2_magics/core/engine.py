@@ -158,10 +158,11 @@ def load_tokenizer(model_dir: Path) -> Any:
         raise LlamaError(f"{model_dir} asks to run its own Python code ({code}); ct2-magics never runs code from a "
                          "model, so it was not loaded. Use a model whose tokenizer is a plain tokenizer.json.")
     with quiet_libraries():
-        from transformers import AutoTokenizer
+        from ct2_magics.models.libraries import tokenizer_class  # AutoTokenizer, or without torch what it would pick
 
+        loader = tokenizer_class(model_dir)
         try:
-            return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
+            return loader.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
         except Exception as e:  # transformers raises many types for broken tokenizer files
             raise LlamaError(f"Could not load the tokenizer in {model_dir} ({first_line(e)}); copy the original model's "
                              "tokenizer files there.") from None

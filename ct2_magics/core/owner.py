@@ -1,14 +1,16 @@
-"""The one owner of the loaded model: whose turn it is, stopping every use, loading, unloading or replacing it,
-and the work it does in idle time (prefilling the next turn) at the lowest priority."""
+"""The one owner of the loaded model: whose turn it is, stopping every use, and loading, unloading or replacing it."""
 
 from __future__ import annotations
 
-import contextlib
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
+from ct2_magics.core.ctrl_c import TurnGuard, deferred, guard_locks_of
+from ct2_magics.core.idle import IdleWork
 from ct2_magics.errors import LlamaError
 
 if TYPE_CHECKING:
@@ -18,7 +20,6 @@ if TYPE_CHECKING:
 # request waits, is taken to be abandoned (a loop left with `break`, an iterator kept in a variable).
 ABANDONED_AFTER_S = 2.0
 UNLOADED = "No model is loaded (it was unloaded while this request waited); load one with %llama load MODEL."
-IdleJob = Callable[["Engine", Callable[[], bool]], None]  # job(engine, waiting): waiting() tells a request waits
 
 
 class Stopped(Exception):
@@ -34,9 +35,11 @@ class Use:
         self.on_lost = on_lost  # told when the model was taken from it while its reader was away
         self.lost = False
         self.paused_since: float | None = None  # while its reader holds a piece and has not asked for the next
+        self.frame: FrameType | None = None  # the frame that runs its `with owner.turn(...)`, while it holds the model
+        self.guard: TurnGuard | None = None  # its Ctrl-C guard, on the main thread
 
 
-class ModelOwner:
+class ModelOwner(IdleWork):
     """Hands out the model one use at a time; load, unload and replace first take it back from every use."""
 
     def __init__(self) -> None:
@@ -46,7 +49,7 @@ class ModelOwner:
         self._uses: set[Use] = set()  # holding or waiting
         self._swapping = False
         self._idle = Use()  # the holder while an idle job runs; never in _uses
-        self._idle_job: tuple[IdleJob, float] | None = None  # the newest job, and how long the model must be idle first
+        self._idle_job = None  # the newest idle job, and how long the model must be idle first (core/idle.py)
         self._idle_since = time.monotonic()  # when the model was last handed back
         self._worker: threading.Thread | None = None
         self.on_idle_error: Callable[[BaseException], None] = lambda error: None
@@ -54,37 +57,25 @@ class ModelOwner:
     @property
     def busy(self) -> bool:
         """Whether a request holds the model now (idle-time work does not count)."""
+        with self._cond:
+            holder = self._holder
+            if holder is None or holder is self._idle:
+                return False
+            left = self._left(holder)
+            if left:
+                holder.lost = True
+        if not left:
+            return True
+        self._take_from(holder)  # its turn was left without handing the model back: take it now
         holder = self._holder
         return holder is not None and holder is not self._idle
 
-    def when_idle(self, job: IdleJob, after: float = 0.0) -> None:
-        """Run job(engine, waiting) on the owner's worker thread once the model has been idle `after` seconds.
+    def turn(self, use: Use, on_waiting: Callable[[bool], None] = lambda waiting: None) -> _Turn:
+        """Wait for the model (telling on_waiting), hold it in the block, then hand it on once decoding has stopped.
 
-        Lowest priority: it never starts while a request holds or waits for the model, and a request that
-        comes while it runs waits for it to end (so it must be one bounded step; waiting() says when to stop
-        before the next one). A newer job replaces one that has not started.
+        On the main thread a Ctrl-C cannot cut the hand-back short (ct2_magics.core.ctrl_c).
         """
-        with self._cond:
-            self._idle_job = (job, after)
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="ct2-magics idle work", daemon=True)
-                self._worker.start()
-            self._cond.notify_all()
-
-    @property
-    def idle_pending(self) -> bool:
-        """Whether an idle job waits to start (once the model has been idle long enough) or runs now."""
-        with self._cond:
-            return self._idle_job is not None or self._holder is self._idle
-
-    @contextlib.contextmanager
-    def turn(self, use: Use, on_waiting: Callable[[bool], None] = lambda waiting: None) -> Iterator[Engine]:
-        """Wait for the model (telling on_waiting), hold it in the block, then hand it on once decoding has stopped."""
-        engine = self._acquire(use, on_waiting)
-        try:
-            yield engine
-        finally:
-            self._release(use)
+        return _Turn(self, use, on_waiting)
 
     def pause(self, use: Use) -> None:
         """The use's reader has a piece and is away with it."""
@@ -95,7 +86,10 @@ class ModelOwner:
         """The reader is back for the next piece; False if the model was taken from it meanwhile."""
         with self._cond:
             use.paused_since = None
-            return not use.lost
+            lost = use.lost
+        if use.guard is not None:
+            use.guard.resumed()
+        return not lost
 
     def stop_all(self) -> None:
         """Tell every use, running or waiting, to stop (within a step)."""
@@ -159,7 +153,7 @@ class ModelOwner:
                             raise LlamaError(UNLOADED)
                         self._holder = use
                         break
-                    if self._holder is not None and self._abandoned(self._holder, use):
+                    if self._holder is not None and (self._abandoned(self._holder, use) or self._left(self._holder)):
                         victim = self._holder
                         victim.lost = True  # under the lock, so its reader cannot come back for more meanwhile
                 if victim is not None:
@@ -183,18 +177,40 @@ class ModelOwner:
         paused = holder.paused_since
         return paused is not None and (holder.thread == waiter.thread or time.monotonic() - paused >= ABANDONED_AFTER_S)
 
+    def _left(self, holder: Use) -> bool:
+        """Whether the holder's turn was left without handing the model back: it is not paused, and the frame that
+        ran its `with owner.turn(...)` runs on no thread. The caller holds the lock, so the holder cannot pause or
+        resume meanwhile. A backstop: on the main thread, ctrl_c's guard keeps a Ctrl-C out of the hand-back."""
+        frame = holder.frame
+        if frame is None or holder.paused_since is not None:
+            return False
+        for top in sys._current_frames().values():
+            while top is not None:
+                if top is frame:
+                    return False
+                top = top.f_back
+        return True
+
+    @deferred
     def _take_from(self, victim: Use) -> None:
-        """Stop a use whose reader is away and give its turn back (the caller set victim.lost)."""
+        """Stop a use whose reader is away (or gone) and give its turn back (the caller set victim.lost)."""
         victim.stop.set()
         self._wait_idle()
         with self._cond:
             if self._holder is victim:
                 self._holder = None
                 self._idle_since = time.monotonic()
+                victim.frame = None
                 self._cond.notify_all()
+        if victim.guard is not None:
+            victim.guard.done = True  # it steps aside at the next Ctrl-C (only the main thread may touch handlers)
         victim.on_lost()
 
-    def _release(self, use: Use) -> None:
+    @deferred
+    def _release(self, use: Use, stop: bool = False) -> None:
+        """Hand the model back once decoding has stopped (idempotent); stop: tell decoding to stop first."""
+        if stop:
+            use.stop.set()
         with self._cond:
             self._uses.discard(use)
             mine = self._holder is use
@@ -204,28 +220,8 @@ class ModelOwner:
                 if self._holder is use:
                     self._holder = None
                     self._idle_since = time.monotonic()
+                    use.frame = None
                     self._cond.notify_all()
-
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    if self._idle_job is None or self.engine is None:
-                        self._idle_job, self._worker = None, None
-                        return
-                    job, after = self._idle_job
-                    due = self._idle_since + after
-                    free = self._holder is None and not self._uses and not self._swapping
-                    if free and time.monotonic() >= due:
-                        self._idle_job, self._holder, engine = None, self._idle, self.engine
-                        break
-                    self._cond.wait(max(0.005, due - time.monotonic()) if free else 0.05)
-            try:
-                job(engine, lambda: bool(self._uses))
-            except BaseException as error:  # idle work must never take the worker down silently
-                self.on_idle_error(error)
-            finally:
-                self._release(self._idle)
 
     def _wait_idle(self) -> None:
         engine = self.engine
@@ -246,7 +242,7 @@ class ModelOwner:
                     if holder is None:
                         return
                     holder.stop.set()
-                    away = holder.paused_since is not None
+                    away = holder.paused_since is not None or self._left(holder)
                     if away:
                         holder.lost = True
                     else:
@@ -271,3 +267,34 @@ class ModelOwner:
                 self.engine = None
         finally:
             self._end_swap()
+
+
+class _Turn:
+    """ModelOwner.turn's context manager: on the main thread, a Ctrl-C guard from the wait to the hand-back."""
+
+    def __init__(self, owner: ModelOwner, use: Use, on_waiting: Callable[[bool], None]) -> None:
+        self.owner, self.use, self.on_waiting = owner, use, on_waiting
+
+    def __enter__(self) -> Engine:
+        use = self.use
+        use.frame = sys._getframe(1)
+        use.guard = TurnGuard.make(use.frame)
+        try:
+            if use.guard is not None:
+                use.guard.install()
+            return self.owner._acquire(use, self.on_waiting)
+        except BaseException:
+            self.__exit__(None, None, None)  # it may hold the model already (an interrupt after it got its turn)
+            raise
+
+    @deferred
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
+        try:
+            self.owner._release(self.use, stop=kind is not None)
+        finally:
+            guard, self.use.guard = self.use.guard, None
+            if guard is not None:
+                guard.ended()
+
+
+guard_locks_of(__name__)

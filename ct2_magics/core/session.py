@@ -60,6 +60,7 @@ class Session:
         from ct2_magics.core.device import check_request
         from ct2_magics.core.engine import Engine
         from ct2_magics.models import hub
+        from ct2_magics.models.libraries import import_libraries
 
         if model is not None and not isinstance(model, str) and hasattr(model, "__fspath__"):
             model = str(model)
@@ -72,6 +73,7 @@ class Session:
             old = self.engine
             if old is not None and (old.name, old.requested, old.source) == (model, (device, compute_type), source):
                 return old
+            import_libraries()  # whole, Ctrl-C or not: an import cut short breaks the library until a restart
             check_request(device, compute_type)  # a device or compute type this machine lacks fails before any download
             path = hub.resolve(model, revision=source[0], file=source[1], quantization=source[2],
                                compute_type=compute_type, notify=(lambda line: None) if self.settings.quiet else self.notify)

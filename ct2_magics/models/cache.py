@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ct2_magics.errors import LlamaError
+from ct2_magics.models.libraries import import_converting
 
 # Bump when the conversion itself changes, so older cache entries are converted again.
 FORMAT = 1
@@ -62,6 +63,7 @@ def cached(source: Path, *, label: str, quantization: str, open_model: Callable[
     if (target / DONE).is_file() and (target / "model.bin").is_file():
         return target
     started = time.perf_counter()
+    import_converting()  # whole, Ctrl-C or not: an import cut short breaks the library until a restart
     model = open_model(source)  # reads and checks the source before anything is written
     root.mkdir(parents=True, exist_ok=True)
     _clear_leftovers(root, target)

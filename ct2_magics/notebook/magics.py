@@ -239,7 +239,10 @@ class LlamaMagics(Magics):
 
     def _cmd_convert(self, args: Any) -> None:
         from ct2_magics.models.convert_args import run_convert
+        from ct2_magics.models.libraries import import_converting, import_libraries
 
+        import_libraries()  # whole, Ctrl-C or not: an import cut short in a kernel breaks it until a restart
+        import_converting()
         run_convert(args)
 
 
