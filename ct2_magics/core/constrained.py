@@ -13,7 +13,7 @@ which together is exactly that distribution restricted to them.
 
 from __future__ import annotations
 
-import copy
+import json
 import math
 import threading
 import weakref
@@ -29,6 +29,7 @@ from ct2_magics.errors import LlamaError
 # so a long reply restarts now and then instead of holding its whole history of vocabularies.
 ROUND_LOGITS_BYTES = 256 * 2**20
 _tokenizers: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+CONTROL_MARK = "\ue000ct2-control:"  # a private-use prefix no text holds
 
 
 def ll_tokenizer(engine: Any) -> Any:
@@ -37,16 +38,31 @@ def ll_tokenizer(engine: Any) -> Any:
     if tokenizer is None:
         import llguidance
 
-        backend = getattr(engine.tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            raise LlamaError(f"schema= needs a fast (tokenizers) tokenizer; {engine.name}'s is a slow one.")
-        backend = copy.copy(backend)
-        backend.no_padding()
-        backend.no_truncation()
         ends = engine.tokenizer.convert_tokens_to_ids(engine.end_tokens)
-        tokenizer = _tokenizers[engine] = llguidance.LLTokenizer(backend.to_str(), n_vocab=engine.vocabulary_size,
+        tokenizer = _tokenizers[engine] = llguidance.LLTokenizer(_text_only(engine), n_vocab=engine.vocabulary_size,
                                                                  eos_token=ends)
     return tokenizer
+
+
+def _text_only(engine: Any) -> str:
+    """The tokenizer as JSON, its control tokens renamed so that no text can ever be tokenized into one.
+
+    A tokenizer turns the text `<|eot_id|>` into the control token; llguidance tokenizes the text a schema forces
+    (a key, a const, an enum value) with it, so a schema holding such text would write the control token, which ends
+    the turn and vanishes from the reply. Renamed, they stay control tokens (never allowed in JSON) with their ids.
+    """
+    backend = getattr(engine.tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise LlamaError(f"schema= needs a fast (tokenizers) tokenizer; {engine.name}'s is a slow one.")
+    data = json.loads(backend.to_str())
+    data["padding"] = data["truncation"] = None
+    vocab = data.get("model", {}).get("vocab")
+    for token in data.get("added_tokens", []):
+        if token.get("special"):
+            text, token["content"] = token["content"], CONTROL_MARK + token["content"]
+            if isinstance(vocab, dict) and vocab.get(text) == token["id"]:
+                vocab[token["content"]] = vocab.pop(text)
+    return json.dumps(data)
 
 
 class Reply:
@@ -60,6 +76,8 @@ class Reply:
             raise LlamaError(f"The schema cannot be used with {engine.name}: {self.matcher.get_error().splitlines()[0]}.")
         self.prompt, self.left, self.on_token = prompt, budget, on_token
         self.ends = set(engine.tokenizer.convert_tokens_to_ids(engine.end_tokens))
+        added = getattr(engine.tokenizer, "added_tokens_decoder", {}) or {}
+        self.controls = {i for i, t in added.items() if getattr(t, "special", False)} - self.ends
         self.vocabulary = engine.vocabulary_size
         self.ids: list[int] = []
         self.state = "running"  # running | refused (the model's pick was not allowed) | complete | length | failed
@@ -93,7 +111,7 @@ class Reply:
         if token in self.ends:
             self.state = "complete"
             return
-        if not self.matcher.consume_token(token):
+        if token in self.controls or not self.matcher.consume_token(token):  # JSON never holds a control token
             self.state = "failed"
             return
         self._bits = None
