@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ct2_magics.core.items import summary
 from ct2_magics.core.response import Request, Response
 from ct2_magics.core.session import Session, get_session
+from ct2_magics.errors import LlamaError
 
 if TYPE_CHECKING:
     from ct2_magics.core.conversation import Chat, Chats, Turn
@@ -57,20 +58,26 @@ class Llama:
 
     # -- asking ---------------------------------------------------------------------------------
     def stream(self, prompt: str, chat: str = "default", *, system: str | None = None, new: bool = False,
-               once: bool = False, **options: Any) -> Response:
-        """A reply whose text pieces you iterate as they are written (checked now, asked when first read)."""
-        return self.session.respond(Request(prompt, chat=chat, system=system, new=new, once=once, options=options))
+               once: bool = False, schema: Any = None, **options: Any) -> Response:
+        """A reply whose text pieces you iterate as they are written (checked now, asked when first read).
 
-    def ask(self, prompt: str, chat: str = "default", **kwargs: Any) -> str:
-        """Ask and return the whole reply."""
-        return self.stream(prompt, chat, **kwargs).consume()
+        schema: a JSON Schema dict, pydantic model, dataclass or TypedDict; the reply is JSON that fits it (reply.value()).
+        """
+        return self.session.respond(Request(prompt, chat=chat, system=system, new=new, once=once, options=options,
+                                            schema=schema))
 
-    def generate(self, prompts: Any, *, progress: bool | None = None, errors: str = "warn", **kwargs: Any) -> list[str | None]:
+    def ask(self, prompt: str, chat: str = "default", *, schema: Any = None, **kwargs: Any) -> Any:
+        """Ask and return the whole reply; with schema=, its value (a dict, or an instance of the model or dataclass)."""
+        reply = self.stream(prompt, chat, schema=schema, **kwargs)
+        return reply.consume() if schema is None else reply.value()
+
+    def generate(self, prompts: Any, *, progress: bool | None = None, errors: str = "warn", **kwargs: Any) -> list[Any]:
         """Answer many independent prompts in batches, in input order.
 
         Prompts that cannot be answered are None, listed in `last_errors` and summed up in one line (errors="warn"),
         or raise before anything is generated (errors="raise"), or stay quiet ("ignore"). progress: a bar (None: for
-        a job of more than one batch). Options: system, batch_size, and the sampling options of `ask`.
+        a job of more than one batch). Options: system, batch_size, schema (each reply is then a value that fits
+        it), and the sampling options of `ask`.
         """
         with _Bar(progress, "llama.generate") as bar:
             result = self.session.generate(prompts, progress=bar, errors=errors, **kwargs)
@@ -83,9 +90,12 @@ class Llama:
 
         "Summarise: {}" puts the item at {}; missing, empty or non-text items are None. With `cluster=` a
         dask.distributed Client, or given a Dask Series, the cluster's workers answer (pip install "ct2-magics[dask]").
-        Other options as for `generate`.
+        With schema=, a DataFrame on the input's index, one typed column per top-level property. Other options as for
+        `generate`.
         """
         with _Bar(progress, "llama.map") as bar:
+            if (cluster is not None or type(items).__module__.startswith("dask")) and kwargs.get("schema") is not None:
+                raise LlamaError("schema= runs in this kernel only for now; map without cluster= (compute a Dask Series first).")
             if cluster is not None or type(items).__module__.startswith("dask"):
                 from ct2_magics.cluster import map_on_cluster
 

@@ -129,3 +129,11 @@ def test_threads(shared: Path) -> None:
 def test_convert_cost(shared: Path, smollm2_gguf: Path) -> None:
     out = bench(shared, "convert_cost.py")
     assert "| SmolLM2-135M Q4_1 GGUF | int8 |" in out and "peak RSS MB" in out
+
+
+def test_schema_bench(shared: Path) -> None:
+    out = bench(shared, "schema_bench.py", "--quick")
+    assert "| schema=, llama.map |" in out and "| free JSON, llama.map |" in out and "(target <= 3x)" in out
+    designs = bench(shared, "schema_bench.py", "--quick", "--designs")
+    assert "| C speculative rounds (ct2-magics) |" in designs and "| A forward_batch every step |" in designs
+    assert (shared / "json" / "schema_bench.json").is_file() and (shared / "json" / "schema_designs.json").is_file()

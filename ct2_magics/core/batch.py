@@ -18,7 +18,7 @@ POLL_S = 0.05
 
 
 def generate(session: Context, prompts: Sequence[str], *, system: str | None = None, batch_size: int | None = None,
-             progress: Progress | None = None, errors: str = "warn", **settings: Any) -> list[str | None]:
+             progress: Progress | None = None, errors: str = "warn", schema: Any = None, **settings: Any) -> list[Any]:
     """Answer each prompt on its own ([system?, user] through the chat template), batched; replies in input order.
 
     Failed prompts (too long for the context, not text) come back as None and are listed in
@@ -33,11 +33,12 @@ def generate(session: Context, prompts: Sequence[str], *, system: str | None = N
     if isinstance(prompts, str):
         raise LlamaError("generate takes a list of prompts; for one prompt use llama.ask(prompt, once=True).")
     rows = Rows(prompts, None, what="llama.generate", noun="prompts")
-    return run(session, rows, system=system, batch_size=batch_size, progress=progress, errors=errors, options=settings)
+    return run(session, rows, system=system, batch_size=batch_size, progress=progress, errors=errors, options=settings,
+               schema=schema)
 
 
 def map_items(session: Context, items: Any, template: str = "{}", *, system: str | None = None,
-              batch_size: int | None = None, progress: Progress | None = None, errors: str = "warn",
+              batch_size: int | None = None, progress: Progress | None = None, errors: str = "warn", schema: Any = None,
               **settings: Any) -> Any:
     """Fill `template` with each item and answer each; a list, or a Series on the same index for a Series.
 
@@ -46,7 +47,8 @@ def map_items(session: Context, items: Any, template: str = "{}", *, system: str
     context are None; the other options are those of `generate`.
     """
     rows = Rows(items, template, what="llama.map", noun="items")
-    return run(session, rows, system=system, batch_size=batch_size, progress=progress, errors=errors, options=settings)
+    return run(session, rows, system=system, batch_size=batch_size, progress=progress, errors=errors, options=settings,
+               schema=schema)
 
 
 def check_call(session: Context, *, system: str | None, batch_size: int | None, errors: str,
@@ -61,12 +63,21 @@ def check_call(session: Context, *, system: str | None, batch_size: int | None, 
 
 
 def run(session: Context, rows: Rows, *, system: str | None, batch_size: int | None, progress: Progress | None,
-        errors: str, options: dict[str, Any]) -> Any:
-    """Answer `rows` on the loaded model (loading the default one if none is), batch by batch; the result in their shape."""
+        errors: str, options: dict[str, Any], schema: Any = None) -> Any:
+    """Answer `rows` on the loaded model (loading the default one if none is), batch by batch; the result in their shape.
+
+    schema: each reply is JSON that fits it (core/constrained.py); the result holds values (map: a DataFrame).
+    """
     size, options = check_call(session, system=system, batch_size=batch_size, errors=errors, options=options)
+    if schema is not None:
+        from ct2_magics.core.schema import as_schema
+        from ct2_magics.core.schema_runs import shaped
+
+        schema = as_schema(schema)
+    result = rows.result if schema is None else lambda: shaped(rows, schema)
     session.last_errors = []
     if not len(rows):
-        return rows.result()
+        return result()
     engine = session.ensure_engine()
     sampling = resolve(options, session.settings, engine.defaults)
     budget = prompt_budget(session.settings, engine, sampling.max_tokens, origin="python")
@@ -97,7 +108,7 @@ def run(session: Context, rows: Rows, *, system: str | None, batch_size: int | N
     chunks = [order[i:i + step] for i in range(0, len(order), step)]
     progress = progress or Silent()
     progress.start(len(order), "prompt", long=len(chunks) > 1)
-    job = _Job(session, engine, sampling, progress)
+    job = _Job(session, engine, sampling, progress, schema)
     done = 0
     try:
         for chunk in chunks:
@@ -111,21 +122,20 @@ def run(session: Context, rows: Rows, *, system: str | None, batch_size: int | N
     except KeyboardInterrupt:
         for pos in order[done:]:
             rows.fail(pos, "not answered: interrupted")
-        result = rows.result()
+        session.last_result = result()
         session.last_errors = rows.failures
-        session.last_result = result
         raise LlamaInterrupted(f"{rows.what} stopped: {done} of {len(rows)} rows were answered; llama.last_result holds "
                                "them (None for the rest).") from None
     finally:
         progress.close()
-    return rows.result()
+    return result()
 
 
 class _Job:
     """The chunks of one generate/map call, each in its own turn on the model the prompts were encoded for."""
 
-    def __init__(self, session: Context, engine: Any, sampling: Sampling, progress: Progress) -> None:
-        self.session, self.engine, self.sampling, self.progress = session, engine, sampling, progress
+    def __init__(self, session: Context, engine: Any, sampling: Sampling, progress: Progress, schema: Any = None) -> None:
+        self.session, self.engine, self.sampling, self.progress, self.schema = session, engine, sampling, progress, schema
         self.stop = threading.Event()  # set by stop_all, unload, load, and a kernel interrupt
 
     def run(self, prompts: list[list[int]], positions: list[int]) -> list[tuple[int, str | None, str | None]]:
@@ -143,8 +153,8 @@ class _Job:
                     replies = None
                 if self.stop.is_set():
                     raise Stopped()
-                if replies is not None:
-                    return [(p, engine.decode(r), None) for p, r in zip(positions, replies)]
+                if replies is not None:  # a schema reply without a value comes back as why (a str)
+                    return [(p, None, r) if isinstance(r, str) else (p, engine.decode(r), None) for p, r in zip(positions, replies)]
         except Stopped:
             raise LlamaError("The job was stopped (the model was unloaded or replaced); rerun it.") from None
         return [r for one, p in zip(prompts, positions) for r in self.run([one], [p])]
@@ -156,7 +166,12 @@ class _Job:
 
         def work() -> None:
             try:
-                out["replies"] = engine.generate_batch(prompts, self.sampling, self.stop)
+                if self.schema is None:
+                    out["replies"] = engine.generate_batch(prompts, self.sampling, self.stop)
+                else:
+                    from ct2_magics.core.schema_runs import generate_batch
+
+                    out["replies"] = generate_batch(engine, prompts, self.sampling, self.stop, self.schema)
             except BaseException as e:  # handed to the caller's thread
                 out["error"] = e
 

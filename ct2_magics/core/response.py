@@ -39,6 +39,7 @@ class Request:
     # Sent before the prompt for this turn only and never kept in the chat (e.g. %llama explain's instructions).
     instructions: str | None = None
     origin: str = "python"  # the front end that asked: python | magic | panel (its words are used in messages)
+    schema: Any = None  # a JSON Schema (dict, pydantic model, dataclass, TypedDict): the reply is JSON that fits it
 
     def checked(self) -> Request:
         """This request with its names and values checked; LlamaError saying what is wrong otherwise."""
@@ -51,8 +52,13 @@ class Request:
             if not isinstance(self.system, str):
                 raise LlamaError(f"The system prompt must be text (a str); got {type(self.system).__name__}.")
             check_text(self.system, "system prompt")
+        schema = None
+        if self.schema is not None:
+            from ct2_magics.core.schema import as_schema
+
+            schema = as_schema(self.schema)
         return Request(self.prompt, chat_name(self.chat), self.system, bool(self.new), bool(self.once), self.cell_id,
-                       check_options(self.options), self.instructions, self.origin)
+                       check_options(self.options), self.instructions, self.origin, schema)
 
 
 class Response:
@@ -73,6 +79,7 @@ class Response:
         self.stats: Stats = Stats()
         self.status = "pending"  # pending | streaming | complete | stopped | interrupted | failed
         self.notices: list[str] = []
+        self.problem: str | None = None  # why a schema reply holds no value (see value())
         self.engine: Engine | None = None
         self.sampling: Sampling | None = None
         self.prompt_ids: list[int] | None = None
@@ -113,8 +120,7 @@ class Response:
             self.session.ensure_engine()  # loads the default model when none is loaded
             with owner.turn(use, self._waiting) as engine:
                 self._begin(engine)
-                stream = engine.stream(self.prompt_ids, self.sampling, self.stats, self._stop,
-                                       split=engine.chat_split(self._history, self.prompt_ids))
+                stream = self._stream(engine, engine.chat_split(self._history, self.prompt_ids))
                 try:
                     for piece in stream:
                         self.text += piece
@@ -126,6 +132,7 @@ class Response:
                             return
                 finally:
                     stream.close()
+                    self.problem = getattr(stream, "problem", None)
                 self._finish("complete" if self.stats.finish in ("stop", "length") else "stopped")
         except Stopped:
             self._finish("stopped")
@@ -138,6 +145,13 @@ class Response:
         except BaseException:
             self._finish(self._ending or "interrupted")
             raise
+
+    def _stream(self, engine: Engine, split: int) -> Any:
+        if self.request.schema is None:
+            return engine.stream(self.prompt_ids, self.sampling, self.stats, self._stop, split=split)
+        from ct2_magics.core.schema_runs import SchemaStream
+
+        return SchemaStream(engine, self.request.schema, self.prompt_ids, self.sampling, self.stats, self._stop, split=split)
 
     def _begin(self, engine: Engine) -> None:
         """Build the prompt from the chat as it is now (this runs in the request's turn, so nothing is stale)."""
@@ -214,6 +228,14 @@ class Response:
         for _ in self:
             pass
         return self.text
+
+    def value(self) -> Any:
+        """A schema reply's value (a dict, or an instance of the pydantic model or dataclass); LlamaError in one line
+        when its JSON is not complete (max_tokens ran out, or it was stopped)."""
+        from ct2_magics.core.schema_runs import reply_value
+
+        self.consume()
+        return reply_value(self)
 
     # -- what it did ------------------------------------------------------------------------------
     @property

@@ -21,6 +21,8 @@ HELP = "\n".join([
     "                         as the next cell, never run | json: parse the reply (a ```json fence is fine);",
     "                         if it is not JSON (or has no code block) that is one error line and VAR holds",
     "                         the raw reply as a str",
+    "  --schema NAME          the reply is JSON that fits the schema in variable NAME (a JSON Schema dict, a",
+    "                         pydantic model, a dataclass or a TypedDict); with -o VAR, VAR holds its value",
     "  --no-vars              send {...} as written",
     "  In the cell, {name} is that variable's value, {In[3]} / {Out[3]} a cell's input / output ({In[-1]}: the",
     "  cell before this one); tables and long values are cut short; {{ and }} are literal braces; anything else",
@@ -65,6 +67,7 @@ def cell_parser() -> MagicArgumentParser:
     p.add_argument("-o", "--out")
     p.add_argument("-f", "--format", choices=FORMATS, default="markdown")
     p.add_argument("--no-vars", action="store_true")
+    p.add_argument("--schema")
     return p
 
 

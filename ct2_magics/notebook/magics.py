@@ -14,6 +14,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from ct2_magics.core import options
 from ct2_magics.core.conversation import transcript_sections
 from ct2_magics.core.response import Request
+from ct2_magics.core.schema import WHAT, as_schema
 from ct2_magics.core.session import Session
 from ct2_magics.errors import LlamaError, LlamaInterrupted
 from ct2_magics.notebook import interpolate as prompts
@@ -68,9 +69,13 @@ class LlamaMagics(Magics):
             else:
                 args = self.cell_parser.parse_args(split(line))
                 args.out = self._check_variable(args.out)
-                response = self.session.respond(self._request(args, cell))
-                self._show(response, plain=args.format == "text")
-                self._deliver(response.text, args.format, args.out)
+                schema = self._schema(args)
+                response = self.session.respond(self._request(args, cell, schema))
+                self._show(response, plain=args.format == "text", as_json=schema is not None)
+                if schema is not None:
+                    self._deliver_value(response, args.out)
+                else:
+                    self._deliver(response.text, args.format, args.out)
         except LlamaError as e:
             raise UsageError(inert_text(str(e))) from None
         except LlamaInterrupted:
@@ -85,9 +90,9 @@ class LlamaMagics(Magics):
         """A one-line answer in the cell; it may quote names from a chat file, so control characters are made visible."""
         print(inert_text(line))
 
-    def _show(self, response: Any, plain: bool = False) -> None:
+    def _show(self, response: Any, plain: bool = False, as_json: bool = False) -> None:
         render.show(response, self.shell, mode=self.settings.render, rate=self.settings.updates_per_second,
-                    plain=plain, quiet=self.settings.quiet, remote_images=self.settings.remote_images)
+                    plain=plain, quiet=self.settings.quiet, remote_images=self.settings.remote_images, as_json=as_json)
 
     # -- the cell magic ---------------------------------------------------------------------------
     def _check_variable(self, typed: str | None) -> str | None:
@@ -105,7 +110,30 @@ class LlamaMagics(Magics):
             raise LlamaError(f"-o {typed}{read} would replace {whose} own {name}; store the reply under another name.")
         return name
 
-    def _request(self, args: Any, cell: str) -> Request:
+    def _schema(self, args: Any) -> Any:
+        """The schema --schema NAME names (a notebook variable), checked; None without --schema."""
+        if args.schema is None:
+            return None
+        if args.format not in ("json", "markdown"):
+            raise LlamaError(f"--schema makes the reply JSON; use it with -f json, not -f {args.format}.")
+        name = prompts.python_name(args.schema)
+        if name not in self.shell.user_ns:
+            raise LlamaError(f"--schema {args.schema}: there is no variable {name!r} in the notebook; define it first "
+                             f"({WHAT}).")
+        return as_schema(self.shell.user_ns[name])
+
+    def _deliver_value(self, response: Any, out: str | None) -> None:
+        """Store a schema reply's value in `out`; one line when its JSON is not complete (`out` then holds the text)."""
+        try:
+            value, problem = response.value(), None
+        except LlamaError as e:
+            value, problem = response.text, str(e).rstrip(".")
+        if out is not None:
+            self.shell.user_ns[out] = value
+        if problem is not None:
+            raise UsageError(inert_text(f"{problem}; {out + ' holds the raw reply (a str)' if out else 'the reply is kept in the chat'}."))
+
+    def _request(self, args: Any, cell: str, schema: Any = None) -> Request:
         prompt = cell.strip()
         if not args.no_vars:
             prompt, missing = prompts.substitute(prompt, self.shell.user_ns)
@@ -113,7 +141,8 @@ class LlamaMagics(Magics):
                 self.session.notify(f"Left {', '.join(missing)} as written: no such variable or cell "
                                     "(write {{ and }} for literal braces, or use --no-vars).")
         return Request(prompt, chat=args.chat, system=args.system, new=args.new, once=args.once,
-                       cell_id=self.cell_id, options={n: getattr(args, n) for n in options.NAMES}, origin="magic")
+                       cell_id=self.cell_id, options={n: getattr(args, n) for n in options.NAMES}, origin="magic",
+                       schema=schema)
 
     def _deliver(self, reply: str, fmt: str, out: str | None) -> None:
         """Hand the finished reply to the notebook: offered as the next cell, parsed, stored in `out`."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import sys
 import threading
@@ -100,6 +101,23 @@ class PlainStream(MarkdownStream):
         return {"text/plain": inert_text(text)}
 
 
+class JsonStream(MarkdownStream):
+    """Like MarkdownStream, showing the reply as a ```json code block (a schema reply: JSON is data, not markdown)."""
+
+    def _final(self, text: str, status: str) -> dict[str, str]:
+        return {**reply_bundle(json_fenced(text), status), "text/plain": inert_text(with_mark(text, status))}
+
+    def _partial_bundle(self, text: str) -> dict[str, str]:
+        return {"text/html": to_html(json_fenced(text))}
+
+
+def json_fenced(text: str) -> str:
+    """`text` in a json code fence longer than any run of backticks inside it, so nothing in it can close the fence."""
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}json\n{text}\n{fence}" if text else ""
+
+
 class TextStream:
     """Plain text printed as it comes (terminal IPython, scripts), control characters made visible."""
 
@@ -127,13 +145,13 @@ class TextStream:
 
 
 def show(response: Any, shell: Any, *, mode: str = "auto", rate: float = 15.0, plain: bool = False,
-         quiet: bool = False, remote_images: bool = False) -> None:
+         quiet: bool = False, remote_images: bool = False, as_json: bool = False) -> None:
     """Stream `response` into the current cell; whatever ends it (a KeyboardInterrupt in the display code too),
     the reply is closed, its turn recorded and the cell shows that same text, then the exception propagates."""
     if not wants_markdown(shell, mode):
         view: MarkdownStream | TextStream = TextStream()
     else:
-        view = PlainStream(rate) if plain else MarkdownStream(rate, remote_images=remote_images)
+        view = PlainStream(rate) if plain else JsonStream(rate) if as_json else MarkdownStream(rate, remote_images=remote_images)
     started = False
 
     def start() -> None:  # the display appears only once there is something to show: an error before that is one line
