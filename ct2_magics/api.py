@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ct2_magics.core.items import summary
 from ct2_magics.core.response import Request, Response
 from ct2_magics.core.session import Session, get_session
+from ct2_magics.errors import LlamaError
 
 if TYPE_CHECKING:
     from ct2_magics.core.conversation import Chat, Chats, Turn
@@ -61,16 +62,25 @@ class Llama:
         """A reply whose text pieces you iterate as they are written (checked now, asked when first read)."""
         return self.session.respond(Request(prompt, chat=chat, system=system, new=new, once=once, options=options))
 
-    def ask(self, prompt: str, chat: str = "default", **kwargs: Any) -> str:
-        """Ask and return the whole reply."""
-        return self.stream(prompt, chat, **kwargs).consume()
+    def ask(self, prompt: str, chat: str = "default", *, choices: Any = None, probs: bool = False, **kwargs: Any) -> Any:
+        """Ask and return the whole reply.
 
-    def generate(self, prompts: Any, *, progress: bool | None = None, errors: str = "warn", **kwargs: Any) -> list[str | None]:
+        choices=[...]: the most probable of these labels, each scored whole (with probs=True: {choice: probability});
+        the chat records it as the reply. Sampling options do not apply then.
+        """
+        if choices is None and probs is False:
+            return self.stream(prompt, chat, **kwargs).consume()
+        from ct2_magics.core.choices import ChoiceReply
+
+        return ChoiceReply(self.session, _request(prompt, chat, **kwargs), choices, probs).answer()
+
+    def generate(self, prompts: Any, *, progress: bool | None = None, errors: str = "warn", **kwargs: Any) -> Any:
         """Answer many independent prompts in batches, in input order.
 
         Prompts that cannot be answered are None, listed in `last_errors` and summed up in one line (errors="warn"),
         or raise before anything is generated (errors="raise"), or stay quiet ("ignore"). progress: a bar (None: for
-        a job of more than one batch). Options: system, batch_size, and the sampling options of `ask`.
+        a job of more than one batch). Options: system, batch_size, and the sampling options of `ask`; or
+        choices=[...] (each reply one of them) and probs=True (a DataFrame: label, then each choice's probability).
         """
         with _Bar(progress, "llama.generate") as bar:
             result = self.session.generate(prompts, progress=bar, errors=errors, **kwargs)
@@ -87,6 +97,9 @@ class Llama:
         """
         with _Bar(progress, "llama.map") as bar:
             if cluster is not None or type(items).__module__.startswith("dask"):
+                if kwargs.get("choices") is not None or kwargs.get("probs"):
+                    raise LlamaError("choices are scored on this kernel's model, not on a cluster: leave out cluster= "
+                                     "(for a Dask Series, .compute() it first).")
                 from ct2_magics.cluster import map_on_cluster
 
                 result = map_on_cluster(self.session, items, template, cluster, progress=bar, errors=errors, **kwargs)
@@ -145,6 +158,11 @@ class Llama:
 
     def __repr__(self) -> str:
         return repr(self.session)
+
+
+def _request(prompt: str, chat: str, *, system: str | None = None, new: bool = False, once: bool = False,
+             **options: Any) -> Request:
+    return Request(prompt, chat=chat, system=system, new=new, once=once, options=options)
 
 
 class _Bar:
