@@ -66,18 +66,32 @@ class Llama:
         return self.session.respond(Request(prompt, chat=chat, system=system, new=new, once=once, options=options,
                                             schema=schema))
 
-    def ask(self, prompt: str, chat: str = "default", *, schema: Any = None, **kwargs: Any) -> Any:
-        """Ask and return the whole reply; with schema=, its value (a dict, or an instance of the model or dataclass)."""
-        reply = self.stream(prompt, chat, schema=schema, **kwargs)
-        return reply.consume() if schema is None else reply.value()
+    def ask(self, prompt: str, chat: str = "default", *, schema: Any = None, choices: Any = None, probs: bool = False,
+            **kwargs: Any) -> Any:
+        """Ask and return the whole reply.
 
-    def generate(self, prompts: Any, *, progress: bool | None = None, errors: str = "warn", **kwargs: Any) -> list[Any]:
+        schema=: its value (a dict, or an instance of the model or dataclass), JSON that fits the schema.
+        choices=[...]: the most probable of these labels, each scored whole (with probs=True: {choice: probability});
+        the chat records it as the reply. Sampling options do not apply then.
+        """
+        if choices is None and probs is False:
+            reply = self.stream(prompt, chat, schema=schema, **kwargs)
+            return reply.consume() if schema is None else reply.value()
+        if schema is not None:
+            raise LlamaError("Give choices= or schema=, not both: a reply is either one of the choices or JSON that fits "
+                             "the schema.")
+        from ct2_magics.core.choices import ChoiceReply
+
+        return ChoiceReply(self.session, _request(prompt, chat, **kwargs), choices, probs).answer()
+
+    def generate(self, prompts: Any, *, progress: bool | None = None, errors: str = "warn", **kwargs: Any) -> Any:
         """Answer many independent prompts in batches, in input order.
 
         Prompts that cannot be answered are None, listed in `last_errors` and summed up in one line (errors="warn"),
         or raise before anything is generated (errors="raise"), or stay quiet ("ignore"). progress: a bar (None: for
-        a job of more than one batch). Options: system, batch_size, schema (each reply is then a value that fits
-        it), and the sampling options of `ask`.
+        a job of more than one batch). Options: system, batch_size, and the sampling options of `ask`; schema=
+        (each reply is then a value that fits it); or choices=[...] (each reply one of them) and probs=True (a
+        DataFrame: label, then each choice's probability).
         """
         with _Bar(progress, "llama.generate") as bar:
             result = self.session.generate(prompts, progress=bar, errors=errors, **kwargs)
@@ -97,6 +111,9 @@ class Llama:
             if (cluster is not None or type(items).__module__.startswith("dask")) and kwargs.get("schema") is not None:
                 raise LlamaError("schema= runs in this kernel only for now; map without cluster= (compute a Dask Series first).")
             if cluster is not None or type(items).__module__.startswith("dask"):
+                if kwargs.get("choices") is not None or kwargs.get("probs"):
+                    raise LlamaError("choices are scored on this kernel's model, not on a cluster: leave out cluster= "
+                                     "(for a Dask Series, .compute() it first).")
                 from ct2_magics.cluster import map_on_cluster
 
                 result = map_on_cluster(self.session, items, template, cluster, progress=bar, errors=errors, **kwargs)
@@ -155,6 +172,11 @@ class Llama:
 
     def __repr__(self) -> str:
         return repr(self.session)
+
+
+def _request(prompt: str, chat: str, *, system: str | None = None, new: bool = False, once: bool = False,
+             **options: Any) -> Request:
+    return Request(prompt, chat=chat, system=system, new=new, once=once, options=options)
 
 
 class _Bar:

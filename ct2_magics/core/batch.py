@@ -6,6 +6,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from ct2_magics.core.choices import Picker
+from ct2_magics.core.choices import checked as checked_choices
 from ct2_magics.core.context import Context
 from ct2_magics.core.items import Progress, Rows, Silent, check_errors_mode, summary, whole_number
 from ct2_magics.core.options import Sampling, check_options, resolve
@@ -18,7 +20,8 @@ POLL_S = 0.05
 
 
 def generate(session: Context, prompts: Sequence[str], *, system: str | None = None, batch_size: int | None = None,
-             progress: Progress | None = None, errors: str = "warn", schema: Any = None, **settings: Any) -> list[Any]:
+             progress: Progress | None = None, errors: str = "warn", schema: Any = None, choices: Any = None,
+             probs: bool = False, **settings: Any) -> Any:
     """Answer each prompt on its own ([system?, user] through the chat template), batched; replies in input order.
 
     Failed prompts (too long for the context, not text) come back as None and are listed in
@@ -29,26 +32,29 @@ def generate(session: Context, prompts: Sequence[str], *, system: str | None = N
     bench model, at a 1% logit margin). A `seed` only takes effect on a freshly loaded model: CTranslate2
     seeds each worker thread once (OpenNMT/CTranslate2#1757), so sampled replies are not reproducible call
     to call.
+
+    choices=[...]: each reply is the most probable of these labels (core/choices.py); probs=True: a DataFrame
+    with a label column and each choice's probability.
     """
     if isinstance(prompts, str):
         raise LlamaError("generate takes a list of prompts; for one prompt use llama.ask(prompt, once=True).")
     rows = Rows(prompts, None, what="llama.generate", noun="prompts")
     return run(session, rows, system=system, batch_size=batch_size, progress=progress, errors=errors, options=settings,
-               schema=schema)
+               schema=schema, choices=choices, probs=probs)
 
 
 def map_items(session: Context, items: Any, template: str = "{}", *, system: str | None = None,
               batch_size: int | None = None, progress: Progress | None = None, errors: str = "warn", schema: Any = None,
-              **settings: Any) -> Any:
+              choices: Any = None, probs: bool = False, **settings: Any) -> Any:
     """Fill `template` with each item and answer each; a list, or a Series on the same index for a Series.
 
     "Summarise: {}" puts the item at {}; a template without {} gets the item appended after a blank
     line; write literal braces as {{ }}. Missing, empty or non-text items and prompts too long for the
-    context are None; the other options are those of `generate`.
+    context are None; the other options (choices and probs too) are those of `generate`.
     """
     rows = Rows(items, template, what="llama.map", noun="items")
     return run(session, rows, system=system, batch_size=batch_size, progress=progress, errors=errors, options=settings,
-               schema=schema)
+               schema=schema, choices=choices, probs=probs)
 
 
 def check_call(session: Context, *, system: str | None, batch_size: int | None, errors: str,
@@ -63,28 +69,35 @@ def check_call(session: Context, *, system: str | None, batch_size: int | None, 
 
 
 def run(session: Context, rows: Rows, *, system: str | None, batch_size: int | None, progress: Progress | None,
-        errors: str, options: dict[str, Any], schema: Any = None) -> Any:
+        errors: str, options: dict[str, Any], schema: Any = None, choices: Any = None, probs: bool = False) -> Any:
     """Answer `rows` on the loaded model (loading the default one if none is), batch by batch; the result in their shape.
 
     schema: each reply is JSON that fits it (core/constrained.py); the result holds values (map: a DataFrame).
+    choices: each reply is one of them, scored whole (core/choices.py); probs=True: with their probabilities.
     """
     size, options = check_call(session, system=system, batch_size=batch_size, errors=errors, options=options)
+    if schema is not None and (choices is not None or probs):
+        raise LlamaError("Give choices= or schema=, not both: a reply is either one of the choices or JSON that fits the schema.")
+    labels = checked_choices(choices, probs, options, table=True)
+    pick = None if labels is None else Picker(labels, probs)  # the replies are choices, scored (core/choices.py)
     if schema is not None:
         from ct2_magics.core.schema import as_schema
         from ct2_magics.core.schema_runs import shaped
 
         schema = as_schema(schema)
-    result = rows.result if schema is None else lambda: shaped(rows, schema)
+    result = (rows.result if pick is None and schema is None
+              else (lambda: pick.result(rows)) if pick is not None else (lambda: shaped(rows, schema)))
     session.last_errors = []
     if not len(rows):
         return result()
     engine = session.ensure_engine()
     sampling = resolve(options, session.settings, engine.defaults)
-    budget = prompt_budget(session.settings, engine, sampling.max_tokens, origin="python")
     system = system if system is not None else session.settings.system
     if system:
         check_text(system, "system prompt")
     head = [{"role": "system", "content": system}] if system else []
+    room = sampling.max_tokens if pick is None else pick.room(engine, head, rows)
+    budget = prompt_budget(session.settings, engine, room, origin="python")
     engine.register_system(system)
 
     encoded: dict[int, list[int]] = {}
@@ -94,8 +107,8 @@ def run(session: Context, rows: Rows, *, system: str | None, batch_size: int | N
             continue
         ids = engine.prompt_ids(head + [{"role": "user", "content": prompt}])
         if len(ids) > budget:
-            rows.fail(pos, f"prompt is {len(ids)} tokens; the context allows {budget} (the context less max_tokens "
-                           f"{sampling.max_tokens})")
+            rows.fail(pos, f"prompt is {len(ids)} tokens; the context allows {budget} (the context less "
+                           f"{'max_tokens' if pick is None else 'the longest choice'} {room})")
         else:
             encoded[pos] = ids
     session.last_errors = rows.failures
@@ -108,7 +121,7 @@ def run(session: Context, rows: Rows, *, system: str | None, batch_size: int | N
     chunks = [order[i:i + step] for i in range(0, len(order), step)]
     progress = progress or Silent()
     progress.start(len(order), "prompt", long=len(chunks) > 1)
-    job = _Job(session, engine, sampling, progress, schema)
+    job = _Job(session, engine, sampling, progress, schema) if pick is None else pick.job(session, engine, progress)
     done = 0
     try:
         for chunk in chunks:

@@ -172,3 +172,12 @@ class Decoding:
     def decode(self, ids: list[int]) -> str:
         with quiet_libraries():  # e.g. the clean_up_tokenization_spaces notice, on a model's first decode
             return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def score_batch(self, sequences: list[list[int]], tokens_per_batch: int) -> list[list[float]]:
+        """log P(token | the tokens before it) for every token of each sequence but the first, in input order:
+        CTranslate2's score_batch over whole sequences (max_input_length=0), on the batch workers, at most
+        `tokens_per_batch` tokens (padding included) in each batch a worker runs."""
+        results = self._batch_generator().score_batch(
+            [self.tokenizer.convert_ids_to_tokens(s) for s in sequences], max_batch_size=tokens_per_batch,
+            batch_type="tokens", max_input_length=0)
+        return [list(r.log_probs) for r in results]

@@ -24,6 +24,8 @@ HELP = "\n".join([
     "  --schema NAME          the reply is JSON that fits the schema in variable NAME (a JSON Schema dict, a",
     "                         pydantic model, a dataclass or a TypedDict); with -o VAR, VAR holds its value",
     "  --no-vars              send {...} as written",
+    '  --choices "A, B, C"    reply with the most probable of these labels (comma-separated), each scored whole;',
+    "                         shows each one's probability as a bar; -o VAR stores the label; no sampling options",
     "  In the cell, {name} is that variable's value, {In[3]} / {Out[3]} a cell's input / output ({In[-1]}: the",
     "  cell before this one); tables and long values are cut short; {{ and }} are literal braces; anything else",
     "  in braces stays as written.",
@@ -68,6 +70,7 @@ def cell_parser() -> MagicArgumentParser:
     p.add_argument("-f", "--format", choices=FORMATS, default="markdown")
     p.add_argument("--no-vars", action="store_true")
     p.add_argument("--schema")
+    p.add_argument("--choices")
     return p
 
 

@@ -69,6 +69,10 @@ class LlamaMagics(Magics):
             else:
                 args = self.cell_parser.parse_args(split(line))
                 args.out = self._check_variable(args.out)
+                if args.choices is not None:
+                    if args.schema is not None:
+                        raise LlamaError("Give --choices or --schema, not both.")
+                    return self._choose(args, cell)
                 schema = self._schema(args)
                 response = self.session.respond(self._request(args, cell, schema))
                 self._show(response, plain=args.format == "text", as_json=schema is not None)
@@ -143,6 +147,19 @@ class LlamaMagics(Magics):
         return Request(prompt, chat=args.chat, system=args.system, new=args.new, once=args.once,
                        cell_id=self.cell_id, options={n: getattr(args, n) for n in options.NAMES}, origin="magic",
                        schema=schema)
+
+    def _choose(self, args: Any, cell: str) -> None:
+        """%%llama --choices "a, b": the label and each choice's probability as bars; -o VAR stores the label."""
+        from ct2_magics.core.choices import ChoiceReply
+        from ct2_magics.notebook import choice_view
+
+        if args.format in ("code", "json"):
+            raise LlamaError(f"-f {args.format} reads a written reply, and --choices picks a label; leave one out.")
+        reply = ChoiceReply(self.session, self._request(args, cell), choice_view.split_choices(args.choices))
+        label = choice_view.show(reply, self.shell, mode=self.settings.render, plain=args.format == "text",
+                                 quiet=self.settings.quiet)
+        if args.out is not None:
+            self.shell.user_ns[args.out] = label
 
     def _deliver(self, reply: str, fmt: str, out: str | None) -> None:
         """Hand the finished reply to the notebook: offered as the next cell, parsed, stored in `out`."""

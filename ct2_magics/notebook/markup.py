@@ -47,6 +47,18 @@ def _picture(ch: str) -> str:
     return "\u2421" if code == 0x7F else f"\\x{code:02x}"
 
 
+def escaped(text: str) -> str:
+    """Untrusted text as HTML text: control characters made visible (inert_text), then <, >, & and quotes escaped."""
+    import html
+
+    return html.escape(inert_text(text), quote=True)
+
+
+def sanitised(fragment: str) -> str:
+    """An HTML fragment built here around escaped() text, through the allow-list replies go through as well."""
+    return _cleaner(False).clean(fragment)
+
+
 def is_safe_link(url: str) -> bool:
     """True for the link targets a reply may hold: http, https, mailto and same-page anchors."""
     url = unicodedata.normalize("NFKC", url).strip()
