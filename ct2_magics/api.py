@@ -147,6 +147,9 @@ class Llama:
         return repr(self.session)
 
 
+_BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
+
+
 class _Bar:
     """A batch's progress as a tqdm bar: a widget in a notebook, text in a terminal. shown=None: for a long job."""
 
@@ -163,7 +166,8 @@ class _Bar:
         if self.bar is None and (self.shown if self.shown is not None else long):
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=self.what, unit=unit, dynamic_ncols=True)
+            # "2.50 prompts/s", always as a rate (tqdm would write "2.50prompt/s", or "1.20s/prompt" when slower).
+            self.bar = tqdm(total=total, desc=self.what, unit=f" {unit}s", dynamic_ncols=True, bar_format=_BAR_FORMAT)
 
     def advance(self, n: int) -> None:
         if self.bar is not None:
