@@ -213,14 +213,38 @@ def code_block(text: str) -> str | None:
 
 
 def json_value(text: str) -> Any:
-    """The reply parsed as JSON, alone or in a (```json) fence; ValueError (json's message) if it is neither."""
+    """The first complete JSON value the reply holds: the whole reply, else a code block's, else the first object or
+    array in it (prose, a stray fence or more text after it are fine). ValueError saying what was found otherwise."""
     try:
         return json.loads(text)
-    except ValueError as first:
-        block = code_block(text)
-        if block is None:
-            raise ValueError(str(first)) from None
+    except ValueError:
+        pass
+    for block in fenced_code(text):
         try:
             return json.loads(block)
-        except ValueError as e:
-            raise ValueError(f"{e}, in its code block") from None
+        except ValueError:
+            pass
+    decoder = json.JSONDecoder()
+    first: tuple[int, json.JSONDecodeError] | None = None
+    starts = [i for i, ch in enumerate(text) if ch in "{["]
+    for start in starts[:_MOST_STARTS]:
+        try:
+            return decoder.raw_decode(text, start)[0]
+        except json.JSONDecodeError as e:
+            first = first or (start, e)
+    if first is None:
+        raise ValueError(f"it has no {{ or [ and begins {_snippet(text)}" if text.strip() else "the reply is empty")
+    start, e = first
+    where = f"the {'object' if text[start] == '{' else 'array'} that starts on line {text.count(chr(10), 0, start) + 1}"
+    if e.pos >= len(text.rstrip()):
+        raise ValueError(f"{where} is unfinished: the reply ends inside it")
+    raise ValueError(f"{where} does not parse ({e.msg} at line {e.lineno} column {e.colno})")
+
+
+_MOST_STARTS = 200  # places a value may begin that are tried, so a reply full of brackets costs little
+
+
+def _snippet(text: str, most: int = 40) -> str:
+    """The start of the reply, quoted on one line (repr shows control characters as escapes)."""
+    text = " ".join(text.split())
+    return repr(text[:most] + ("…" if len(text) > most else ""))
