@@ -11,10 +11,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ct2_magics.notebook.markup import Streaming, bundle, fenced_code, inert_text, sections_html, to_html
+from ct2_magics.notebook.markup import Streaming, bundle, end_mark, fenced_code, inert_text, sections_html
 
-_MARKS = {"interrupted": "⏹ *interrupted*", "stopped": "⏹ *stopped*"}
-_PLAIN_MARKS = {status: f"[{status}]" for status in _MARKS}
+# How a reply that did not end by itself ended, in words (after it: in HTML behind a square CSS draws).
+_MARKS = {"interrupted": "interrupted", "stopped": "stopped", "cut": "cut short: it reached the max tokens limit",
+          "looping": "stopped: it was repeating itself (a loop)"}
+_PLAIN_MARKS = {status: f"[{words}]" for status, words in _MARKS.items()}
 
 
 def wants_markdown(shell: Any, mode: str = "auto") -> bool:
@@ -38,8 +40,8 @@ def reply_bundle(text: str, status: str = "complete", *, remote_images: bool = F
     """A finished (or stopped) reply as sanitised HTML and inert plain text, with its status mark."""
     out = bundle(text, remote_images=remote_images, plain=with_mark(text, status))
     mark = _MARKS.get(status)
-    if mark is not None:  # rendered on its own, so an unclosed code fence in the reply cannot swallow it
-        out["text/html"] += to_html(mark)
+    if mark is not None:  # a block of its own, so an unclosed code fence in the reply cannot swallow it
+        out["text/html"] = end_mark(out["text/html"], mark)
     return out
 
 
@@ -121,8 +123,8 @@ class TextStream:
 
     def finish(self, text: str, status: str, metadata: dict[str, Any]) -> None:
         self.update(text)
-        mark = _MARKS.get(status)
-        self.out.write(f"\n[{status}]\n" if mark else "\n")
+        mark = _PLAIN_MARKS.get(status)
+        self.out.write(f"\n{mark}\n" if mark else "\n")
         self.out.flush()
 
 
