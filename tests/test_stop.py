@@ -40,7 +40,7 @@ def test_interrupt_stops_decoding_and_keeps_the_partial_reply(shell, long_model,
     assert final["metadata"]["ct2_magics"]["status"] == "interrupted"
     assert final["metadata"]["ct2_magics"]["reply_tokens"] < 3000
     assert run(shell, "%%llama -n 5\nnext").success
-    assert llama.chat().turns[-1].status == "complete"
+    assert llama.chat().turns[-1].status == "cut"  # the long model never ends a reply: -n 5 cuts it
 
 
 def test_closing_a_python_stream_stops_decoding(llama, long_model):
