@@ -129,3 +129,14 @@ def test_threads(shared: Path) -> None:
 def test_convert_cost(shared: Path, smollm2_gguf: Path) -> None:
     out = bench(shared, "convert_cost.py")
     assert "| SmolLM2-135M Q4_1 GGUF | int8 |" in out and "peak RSS MB" in out
+
+
+def test_loops(shared: Path) -> None:
+    out = bench(shared, "loops.py", "--tiny", "--top", "3")
+    assert "| rule (max_span, min_repeats, min_chars, line_repeats) | normal replies cut |" in out
+    assert "ours (200, 3, 200, 12):" in out and (shared / "json" / "loops.json").is_file()
+
+
+def test_offline_start(shared: Path, smollm2_gguf: Path) -> None:
+    out = bench(shared, "offline_start.py", "--runs", "1")
+    assert "| Hub unreachable |" in out and "| HF_HUB_OFFLINE=1 |" in out and "(target <= 3)" in out
