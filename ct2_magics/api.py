@@ -179,6 +179,9 @@ def _request(prompt: str, chat: str, *, system: str | None = None, new: bool = F
     return Request(prompt, chat=chat, system=system, new=new, once=once, options=options)
 
 
+_BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
+
+
 class _Bar:
     """A batch's progress as a tqdm bar: a widget in a notebook, text in a terminal. shown=None: for a long job."""
 
@@ -195,7 +198,8 @@ class _Bar:
         if self.bar is None and (self.shown if self.shown is not None else long):
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=self.what, unit=unit, dynamic_ncols=True)
+            # "2.50 prompts/s", always as a rate (tqdm would write "2.50prompt/s", or "1.20s/prompt" when slower).
+            self.bar = tqdm(total=total, desc=self.what, unit=f" {unit}s", dynamic_ncols=True, bar_format=_BAR_FORMAT)
 
     def advance(self, n: int) -> None:
         if self.bar is not None:

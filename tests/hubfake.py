@@ -1,4 +1,4 @@
-"""A fake Hugging Face Hub at huggingface_hub's boundary: list_repo_files, hf_hub_download, snapshot_download.
+"""A fake Hugging Face Hub at huggingface_hub's boundary: model_info, list_repo_files, hf_hub_download, snapshot_download.
 
 It serves folders of files as repos and keeps a cache laid out like huggingface_hub's (blobs named by
 their sha256, snapshots of symlinks), so what the code under test sees on disk is what it would see
@@ -31,11 +31,17 @@ class FakeHub:
 
     def install(self, monkeypatch: Any) -> FakeHub:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-        for name in ("list_repo_files", "hf_hub_download", "snapshot_download"):
+        for name in ("model_info", "list_repo_files", "hf_hub_download", "snapshot_download"):
             monkeypatch.setattr(huggingface_hub, name, getattr(self, name))
         return self
 
     # -- the boundary ----------------------------------------------------------------------------
+    def model_info(self, repo_id: str, revision: str | None = None, **kwargs: Any) -> Any:
+        self.calls.append({"fn": "model_info", "repo_id": repo_id, "revision": revision})
+        self._reach()
+        self._files(repo_id)  # the Hub's 404 for a repo it does not have
+        return huggingface_hub.ModelInfo(id=repo_id, sha="0" * 40)
+
     def list_repo_files(self, repo_id: str, revision: str | None = None, **kwargs: Any) -> list[str]:
         self.calls.append({"fn": "list_repo_files", "repo_id": repo_id, "revision": revision})
         self._reach()

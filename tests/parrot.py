@@ -22,8 +22,9 @@ GATE_GAIN = 80.0
 
 def build_parrot(path: Path | str, script: str, *, hidden: int = 256, layers: int = 4, heads: int = 8,
                  kv_heads: int = 2, intermediate: int = 512, seed: int = 0, max_position: int = 8192,
-                 chat_template: bool = True) -> Path:
-    """Write a model that, after any chat prompt, greedily writes `script` and then ends its turn.
+                 chat_template: bool = True, loop: bool = False) -> Path:
+    """Write a model that, after any chat prompt, greedily writes `script` and then ends its turn (loop=True: writes
+    `script` again and again, never ending, as a small model fallen into a loop does).
 
     Stored as float32: its activations all sit at full scale, the worst case for oneDNN's int8 GEMM, which
     CTranslate2 uses on AMD CPUs and which saturates on AVX2 without VNNI (seen on an AMD EPYC Zen 3: every
@@ -32,7 +33,7 @@ def build_parrot(path: Path | str, script: str, *, hidden: int = 256, layers: in
     rng = np.random.default_rng(seed)
     tokenizer = train_tokenizer()
     vocab = vocabulary(tokenizer)
-    chain, successors = _parrot_plan(tokenizer, vocab, script)
+    chain, successors = _parrot_plan(tokenizer, vocab, script, loop)
     # Room for the parrot's slots and one FFN unit per context.
     hidden = max(hidden, SCRIPT_MIN_HIDDEN)
     intermediate = max(intermediate, -(-len(successors) // 64) * 64)
@@ -42,13 +43,14 @@ def build_parrot(path: Path | str, script: str, *, hidden: int = 256, layers: in
                       max_position=max_position)
 
 
-def _parrot_plan(tokenizer, vocab: list[str], script: str) -> tuple[list[int], dict[tuple[int, ...], int]]:
-    """The tokens a parrot walks through, and the successor of each context of PARROT_LAGS + 1 tokens."""
+def _parrot_plan(tokenizer, vocab: list[str], script: str, loop: bool = False) -> tuple[list[int], dict[tuple[int, ...], int]]:
+    """The tokens a parrot walks through, and the successor of each context of PARROT_LAGS + 1 tokens (looping: the
+    script twice and no end, so the contexts at its end lead back to its start)."""
     prompt = tokenizer.encode(GENERATION_PROMPT, add_special_tokens=False).ids
     body = tokenizer.encode(script, add_special_tokens=False).ids
     if not body or any(vocab[i] in SPECIAL_TOKENS for i in body):
         raise ValueError("script must be non-empty text without special tokens")
-    chain = [*prompt, *body, vocab.index(EOT)]
+    chain = [*prompt, *body, *body] if loop else [*prompt, *body, vocab.index(EOT)]
     successors: dict[tuple[int, ...], int] = {}
     for end in range(len(prompt) - 1, len(chain) - 1):
         context = tuple(chain[end - PARROT_LAGS : end + 1])

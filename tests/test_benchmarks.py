@@ -137,3 +137,14 @@ def test_schema_bench(shared: Path) -> None:
     designs = bench(shared, "schema_bench.py", "--quick", "--designs")
     assert "| C speculative rounds (ct2-magics) |" in designs and "| A forward_batch every step |" in designs
     assert (shared / "json" / "schema_bench.json").is_file() and (shared / "json" / "schema_designs.json").is_file()
+
+
+def test_loops(shared: Path) -> None:
+    out = bench(shared, "loops.py", "--tiny", "--top", "3")
+    assert "| rule (max_span, min_repeats, min_chars, line_repeats) | normal replies cut |" in out
+    assert "ours (200, 3, 200, 12):" in out and (shared / "json" / "loops.json").is_file()
+
+
+def test_offline_start(shared: Path, smollm2_gguf: Path) -> None:
+    out = bench(shared, "offline_start.py", "--runs", "1")
+    assert "| Hub unreachable |" in out and "| HF_HUB_OFFLINE=1 |" in out and "(target <= 3)" in out

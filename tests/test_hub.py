@@ -160,6 +160,8 @@ def test_prompt_without_a_model_falls_back_to_smollm2_when_the_reference_is_unre
     notices = [line for line in out.splitlines() if "smollm2" in line and REFERENCE_MODEL in line]
     assert len(notices) == 1 and "neither cached nor reachable" in notices[0]
     assert [c["repo_id"] for c in hub.calls] == [REFERENCE_MODEL] * len(hub.calls)
+    # The Hub was tried once (one probe, which never retries), then only the local cache was read.
+    assert [c["fn"] for c in hub.calls if not c.get("local_files_only")] == ["model_info"]
 
 
 def test_no_fallback_for_a_model_the_user_chose(shell, llama, hub, capsys):

@@ -11,6 +11,7 @@ CODE_REPLY = "Here:\n```\n\nfound = 7\n```"  # the script models can replay only
 JSON_REPLY = '{"id": 7}'
 FENCED_JSON_REPLY = '```\n\n{"id": 7}\n```'
 PROSE_REPLY = "Sorry, I cannot do that."
+STRAY_FENCE_JSON_REPLY = '{"id": 7}\n```\nThat is the object you asked for.'  # issue 23: a closing fence, then prose
 
 
 def one_usage_line(capsys, result) -> str:
@@ -74,7 +75,7 @@ def test_format_code_without_a_code_block_is_one_line(shell, script_model, llama
     assert llama.history()[-1]["content"] == PROSE_REPLY
 
 
-@pytest.mark.parametrize("reply", [JSON_REPLY, FENCED_JSON_REPLY])
+@pytest.mark.parametrize("reply", [JSON_REPLY, FENCED_JSON_REPLY, STRAY_FENCE_JSON_REPLY])
 def test_format_json_stores_the_parsed_value(shell, script_model, reply):
     shell.run_line_magic("llama", f"load {script_model(reply)}")
     assert run(shell, "%%llama -t 0 -f json -o data\nGive me JSON.").success
@@ -85,7 +86,8 @@ def test_format_json_with_a_non_json_reply_is_one_line_and_keeps_the_reply(shell
     shell.run_line_magic("llama", f"load {script_model(PROSE_REPLY)}")
     capsys.readouterr()
     err = one_usage_line(capsys, run(shell, "%%llama -t 0 -f json -o data\nGive me JSON."))
-    assert "not JSON" in err and "data holds the raw reply" in err
+    assert err == (f"UsageError: The reply holds no complete JSON value (it has no {{ or [ and begins {PROSE_REPLY!r}); "
+                   "data holds the raw reply (a str).\n")
     assert shell.user_ns["data"] == PROSE_REPLY
     assert llama.history()[-1] == {"role": "assistant", "content": PROSE_REPLY}
     assert reply_outputs(shell)[-1]["data"]["text/plain"] == PROSE_REPLY
@@ -221,5 +223,22 @@ def test_code_block_and_json_value():
     assert code_block("no code") is None
     assert json_value(' [1, {"a": null}]\n') == [1, {"a": None}]
     assert json_value('Sure:\n```json\n{"a": 1}\n```\nDone.') == {"a": 1}
-    with pytest.raises(ValueError):
-        json_value("not json")
+    assert json_value('{"a": 1}\n```\nThat is the JSON you asked for.') == {"a": 1}
+    assert json_value('Here it is: [1, 2], as asked. {"b": 2} is another.') == [1, 2]
+    assert json_value("```json\n42\n```") == 42
+    assert json_value('Sure! {not json} but ```\n{"c": [true]}\n```') == {"c": [True]}
+
+
+@pytest.mark.parametrize("reply, says", [
+    ("not json", "it has no { or [ and begins 'not json'"),
+    ("Sure:\n\n" + "x" * 80, "it has no { or [ and begins 'Sure: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx…'"),
+    (" \n", "the reply is empty"),
+    ('Here:\n```json\n{"a": 1, "b": ', "the object that starts on line 3 is unfinished: the reply ends inside it"),
+    ('[1, 2,, 3]', "the array that starts on line 1 does not parse (Expecting value at line 1 column 7)"),
+])
+def test_json_value_says_what_it_found_on_one_line(reply, says):
+    from ct2_magics.notebook.render import json_value
+
+    with pytest.raises(ValueError) as e:
+        json_value(reply)
+    assert str(e.value) == says

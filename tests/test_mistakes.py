@@ -106,6 +106,23 @@ def test_python_api_mistakes_are_one_line(shell, loaded, capsys, code, says):
     assert err.startswith("LlamaError: ") and says in err and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("typed, meant", [
+    ("%%llama --temprature 0\nhi", "--temperature"),
+    ("%%llama --max-tokns=3\nhi", "--max-tokens"),
+    ("%%llama --top_p 0.5\nhi", "--top-p"),
+    ("%llama load demo --devce cpu", "--device"),
+])
+def test_a_misspelt_option_names_the_one_meant(shell, loaded, capsys, typed, meant):
+    capsys.readouterr()
+    line = one_usage_line(capsys, run(shell, typed))
+    assert line.startswith("unrecognized arguments: ") and line.endswith(f"(did you mean {meant}?)")
+
+
+def test_an_unknown_option_like_none_is_refused_without_a_guess(shell, loaded, capsys):
+    capsys.readouterr()
+    assert one_usage_line(capsys, run(shell, "%%llama --zzz\nhi")) == "unrecognized arguments: --zzz"
+
+
 def test_a_huge_batch_size_is_just_a_big_batch(loaded):
     assert loaded.generate(["hi", "there"], batch_size=2**40, max_tokens=3, temperature=0) == [
         loaded.ask(p, once=True, max_tokens=3, temperature=0) for p in ("hi", "there")]

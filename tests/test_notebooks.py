@@ -5,14 +5,20 @@ Only cells tagged `raises-exception` (the nbclient / nbsphinx convention) may fa
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# The project's own notebooks, by name: a user's scratch notebook in notebooks/ (JupyterLab opens there) is not ours to run.
+PROJECT_NOTEBOOKS = ("analysis.ipynb", "quickstart.ipynb", "teaching.ipynb")
+NOTEBOOKS = [ROOT / "notebooks" / name for name in PROJECT_NOTEBOOKS]
 CELL_TIMEOUT_S = 120
 
 
@@ -55,7 +61,6 @@ def executed(smollm2_int8: Path) -> Any:
     return get
 
 
-@pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks yet")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_cleanly(path: Path, executed: Any) -> None:
     nb = executed(path)
@@ -96,3 +101,23 @@ def test_analysis_notebook_adds_columns_to_the_table(executed: Any) -> None:
     assert checks and all(c.get("execution_count") for c in checks)
     tables = [o for c in code if "llama.map(" in _source(c) for o in c.outputs if o.output_type == "execute_result"]
     assert tables and "text/html" in tables[0]["data"]
+
+
+def test_the_project_notebooks_are_the_ones_git_tracks() -> None:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    listed = subprocess.run(["git", "ls-files", "notebooks/*.ipynb"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert sorted(Path(line).name for line in listed.stdout.split()) == sorted(PROJECT_NOTEBOOKS)
+
+
+def test_a_scratch_notebook_in_the_folder_is_not_run() -> None:
+    scratch = ROOT / "notebooks" / f"Untitled-scratch-{os.getpid()}.ipynb"
+    cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": "1 / 0"}
+    scratch.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    try:
+        collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                                    str(Path(__file__))], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        scratch.unlink()
+    assert collected.returncode == 0, collected.stdout[-2000:]
+    assert "test_notebook_runs_cleanly[quickstart.ipynb]" in collected.stdout and scratch.name not in collected.stdout

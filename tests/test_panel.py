@@ -112,7 +112,7 @@ def test_stop_ends_decoding_at_once_and_keeps_the_partial_answer(llama, panel, l
     assert turn.status == "stopped" and len(turn.assistant) > 40
     (output,) = p.messages.children[-1].outputs
     assert output["data"]["text/plain"] == with_mark(turn.assistant, "stopped")
-    assert shown(p)[-1][1].endswith("⏹ stopped")
+    assert shown(p)[-1][1].endswith(" stopped")  # the reply, then its end mark
     assert "stopped" in p.status.value and int(TOKENS.search(p.status.value).group(1)) < 3000
     assert not p.send_button.disabled and p.stop_button.disabled
     streaming = [t for t in updates if t < started]
@@ -146,7 +146,7 @@ def test_the_panel_and_the_magic_share_one_conversation(shell, llama, panel):
     assert run(shell, "%%llama -n 5\nfrom a cell").success
     assert [r for r, _ in shown(p)] == ["user", "assistant"] and shown(p)[0] == ("user", "from a cell")
     (reply,) = p.messages.children[1].outputs  # the demo's text may hold markdown: compare the plain text
-    assert reply["data"]["text/plain"] == llama.chat().turns[0].assistant
+    assert reply["data"]["text/plain"] == with_mark(llama.chat().turns[0].assistant, llama.chat().turns[0].status)
     p.max_tokens.value = "5"
     p.send("from the panel")
     assert p.wait(30)
@@ -191,7 +191,7 @@ def test_a_busy_model_shows_waiting_then_answers(llama, panel, long_model):
     assert shown(second)[-1] == ("assistant", "waiting for the model…")
     first.stop()
     assert first.wait(5) and second.wait(30)
-    assert llama.chat("other").turns[-1].status == "complete" and TOKENS.search(second.status.value)
+    assert llama.chat("other").turns[-1].status in ("complete", "cut") and TOKENS.search(second.status.value)
 
 
 def test_the_shortcut_key_sends_what_was_typed(llama, panel):
@@ -235,7 +235,7 @@ def test_errors_show_one_line_and_keep_the_history(shell, llama, panel, monkeypa
     assert p.wait(30)
     assert p.status.value == "RuntimeError: the decoder failed with a long story"
     assert llama.chat().turns[-1].status == "interrupted" and llama.chat().turns[-1].assistant == "partial "
-    assert shown(p)[-1] == ("assistant", "partial ⏹ interrupted")
+    assert shown(p)[-1] == ("assistant", "partial interrupted")
 
 
 def test_unloading_while_the_panel_streams_stops_it_first(shell, llama, long_model):

@@ -139,7 +139,7 @@ def test_a_model_that_fails_its_checks_keeps_the_loaded_one(shell, llama, capsys
     capsys.readouterr()
     assert says in one_usage_line(capsys, run(shell, f"%llama load {bad_models[kind]}"))
     assert llama.generator is generator and generator.model_is_loaded and llama.engine.name == "demo"
-    assert run(shell, "%%llama -n 3\nafter").success and llama.chat().turns[-1].status == "complete"
+    assert run(shell, "%%llama -n 3\nafter").success and llama.chat().turns[-1].status in ("complete", "cut")
 
 
 # -- library noise --------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ Message = dict[str, str]
 
 @dataclass
 class Turn:
-    """One exchange: the user's prompt and the assistant's reply (complete, interrupted or stopped)."""
+    """One exchange: the user's prompt and the assistant's reply (complete, cut, looping, stopped or interrupted)."""
 
     user: str
     assistant: str
@@ -196,11 +196,15 @@ def fit_to_context(messages: list[Message], count: Callable[[list[Message]], int
     return window(good), total - good
 
 
+# How a history labels a reply that did not end by itself (stopped and interrupted ones by their status).
+_LABELS = {"cut": "cut short", "looping": "stopped: repeating itself"}
+
+
 def transcript_sections(turns: Iterable[Turn], system: str | None) -> list[tuple[str, str]]:
     """A chat's history as (label, text) pieces: the system prompt, then each prompt and reply."""
     sections = [("System", system)] if system else []
     for turn in turns:
-        mark = "" if turn.status == "complete" else f" [{turn.status}]"
+        mark = "" if turn.status == "complete" else f" [{_LABELS.get(turn.status, turn.status)}]"
         sections += [("You", turn.user), (f"Llama{mark}", turn.assistant)]
     return sections
 

@@ -35,7 +35,7 @@ def watch(session: Context) -> None:
 
 
 def _recorded(session: Context, chat: Chat, turn: Turn) -> None:
-    if turn.status == "complete":  # a stopped reply is often undone or asked again: no prefill after it
+    if turn.status in ("complete", "cut"):  # a stopped or looping reply is often undone or asked again: no prefill
         schedule(session, chat.name)  # read the chat so far into the cache while the user reads
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ct2_magics.core.context import Context
 from ct2_magics.core.conversation import Turn, chat_name, fit_to_context
 from ct2_magics.core.decoding import Stats
+from ct2_magics.core.loops import LoopWatch
 from ct2_magics.core.options import Sampling, check_options, resolve
 from ct2_magics.core.owner import Stopped, Use
 from ct2_magics.core.planning import prompt_budget
@@ -19,7 +20,9 @@ from ct2_magics.errors import LlamaError, check_text
 if TYPE_CHECKING:
     from ct2_magics.core.engine import Engine
 
-FINAL = ("complete", "stopped", "interrupted", "failed")
+FINAL = ("complete", "cut", "looping", "stopped", "interrupted", "failed")
+# How a reply that was read to its end ended: the model ended it, max_tokens cut it, or it fell into a loop.
+_ENDED = {"stop": "complete", "length": "cut", "loop": "looping"}
 # What an empty prompt is told, in the words of the front end it came from.
 EMPTY_PROMPT = {"magic": "write something after the %%llama line", "panel": "type a message first",
                 "python": "pass the text to ask"}
@@ -64,7 +67,8 @@ class Request:
 class Response:
     """A reply: iterate it for text pieces as they are written; iterating a finished one replays them.
 
-    It holds the model only while it is read: leaving the loop (break, an exception, close(), the end of a
+    It ends "complete" (the model ended it), "cut" (max_tokens reached) or "looping" (it fell into a loop, see
+    core/loops.py, and was stopped). It holds the model only while it is read: leaving the loop (break, an exception, close(), the end of a
     `with` block, or the reader being garbage-collected) stops decoding within a step and records the partial
     turn, marked stopped (interrupted after a KeyboardInterrupt).
     """
@@ -77,7 +81,7 @@ class Response:
         self.text = ""
         self.pieces: list[str] = []
         self.stats: Stats = Stats()
-        self.status = "pending"  # pending | streaming | complete | stopped | interrupted | failed
+        self.status = "pending"  # pending | streaming | complete | cut | looping | stopped | interrupted | failed
         self.notices: list[str] = []
         self.problem: str | None = None  # why a schema reply holds no value (see value())
         self.engine: Engine | None = None
@@ -121,6 +125,7 @@ class Response:
             with owner.turn(use, self._waiting) as engine:
                 self._begin(engine)
                 stream = self._stream(engine, engine.chat_split(self._history, self.prompt_ids))
+                loops = LoopWatch() if self.session.settings.stop_loops and self.request.schema is None else None
                 try:
                     for piece in stream:
                         self.text += piece
@@ -130,10 +135,14 @@ class Response:
                         if not owner.resume(use):
                             self._finish("stopped")  # the model was taken from it while its reader was away
                             return
+                        if loops is not None and loops.feed(piece):
+                            break
                 finally:
                     stream.close()
                     self.problem = getattr(stream, "problem", None)
-                self._finish("complete" if self.stats.finish in ("stop", "length") else "stopped")
+                if loops is not None and loops.span is not None:
+                    self.stats.finish = "loop"
+                self._finish(_ENDED.get(self.stats.finish, "stopped"))
         except Stopped:
             self._finish("stopped")
         except GeneratorExit:

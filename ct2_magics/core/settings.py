@@ -64,6 +64,8 @@ class LlamaSettings(Configurable):
     render = Enum(["auto", "markdown", "text"], "auto", help="How replies show in a cell.").tag(config=True)
     remote_images = Bool(False, help="Load images a reply links to from other sites. Off: they show as a link, since "
                          "an image address can carry what the model read to whoever runs that site.").tag(config=True)
+    stop_loops = Bool(True, help="Stop a reply that has fallen into a loop (one short span written over and over, as "
+                      "small models do) and mark it; off for replies that should repeat.").tag(config=True)
     quiet = Bool(False, help="Hide one-line notices (compute type changes, trimmed context).").tag(config=True)
     autosave = Bool(True, help="Save each notebook's chats as they change and restore them when the extension "
                     "loads in that notebook again (in the user's data directory; env CT2_MAGICS_DATA).").tag(config=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,9 +126,17 @@ def check_model_dir(path: Path) -> Path:
 
 # -- the Hub --------------------------------------------------------------------------------------------
 def fetch(repo_id: str, *, revision: str | None = None, file: str | None = None) -> sources.Source:
-    """Download what the repo's kind of model needs (one GGUF file, or a folder's files); never code or pickles."""
+    """Download what the repo's kind of model needs (one GGUF file, or a folder's files); never code or pickles.
+
+    Before listing the repo, the Hub is asked once, without retries, whether it can be reached: when it cannot, what
+    the local cache holds is used at once (the listing would retry a dead network for some 25 seconds). One named
+    file needs no probe: hf_hub_download tries once and falls back to the cache by itself.
+    """
     if file and file.lower().endswith(".gguf"):
         return sources.Source(sources.GGUF, download_file(repo_id, file, revision=revision))
+    if not _offline() and not reachable(repo_id, revision):
+        with _cache_only():
+            return fetch(repo_id, revision=revision, file=file)
     names = repo_files(repo_id, revision=revision)
     kind = sources.kind_of_listing(names, file, repo_id)
     if kind == sources.GGUF:
@@ -170,8 +180,37 @@ def download_file(repo_id: str, filename: str, *, revision: str | None = None) -
     return Path(_with_cache_fallback(huggingface_hub.hf_hub_download, repo_id, revision, kwargs))
 
 
+def reachable(repo_id: str, revision: str | None = None) -> bool:
+    """Whether the Hub answers one request about the repo (any answer, "no such repo" included) within PROBE_S."""
+    import huggingface_hub
+    from huggingface_hub import errors as hf_errors
+
+    try:
+        with quiet_libraries():
+            huggingface_hub.model_info(repo_id, revision=revision, timeout=PROBE_S, expand=["sha"])
+    except hf_errors.HfHubHTTPError as e:  # the Hub's own answer; a 5xx is a Hub that is down
+        return e.response is not None and e.response.status_code < 500
+    except Exception:  # a network that is down: httpx's errors, OSError's, timeouts
+        return False
+    return True
+
+
+# One try, this long: a refused or unresolvable address fails at once; this bounds a network that drops packets.
+PROBE_S = 2.0
+_CACHE_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("ct2_magics_hub_cache_only", default=False)
+
+
+@contextlib.contextmanager
+def _cache_only() -> Iterator[None]:
+    token = _CACHE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _CACHE_ONLY.reset(token)
+
+
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    return _CACHE_ONLY.get() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def _with_cache_fallback(fn: Callable[..., str], repo_id: str, revision: str | None, kwargs: dict[str, Any]) -> str:

@@ -23,6 +23,10 @@ def quiet_libraries() -> Iterator[None]:
     verbosity = os.environ.get(_VERBOSITY)
     if first_import:
         os.environ[_VERBOSITY] = "error"
+    # huggingface_hub sets its logger's level when its logging module is first imported, which its lazy imports
+    # can do inside this block (huggingface_hub.list_repo_files): import it first, or its retry warnings show.
+    import huggingface_hub.utils.logging  # noqa: F401
+
     loggers = [logging.getLogger(n) for n in ("transformers", "huggingface_hub")]
     levels = [lg.level for lg in loggers]
     try:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import shlex
 
@@ -18,8 +19,8 @@ HELP = "\n".join([
     *options.help_lines(),
     "  -o/--out VAR           store the reply in variable VAR (with -f code: the code; -f json: the parsed value)",
     "  -f/--format F          markdown (default) | text: plain text | code: offer the reply's first ``` block",
-    "                         as the next cell, never run | json: parse the reply (a ```json fence is fine);",
-    "                         if it is not JSON (or has no code block) that is one error line and VAR holds",
+    "                         as the next cell, never run | json: the first JSON value in the reply, fenced",
+    "                         or not; if it holds none (or no code block) that is one error line and VAR holds",
     "                         the raw reply as a str",
     "  --schema NAME          the reply is JSON that fits the schema in variable NAME (a JSON Schema dict, a",
     "                         pydantic model, a dataclass or a TypedDict); with -o VAR, VAR holds its value",
@@ -55,8 +56,21 @@ FORMATS = ("markdown", "text", "code", "json")
 _SYSTEM_OPTION = re.compile(r"""\A(?:--chat(?:=|\s+)("[^"]*"|'[^']*'|\S+)|--clear)(?:\s+|\Z)""")
 
 
+class _Parser(MagicArgumentParser):
+    """A magic's parser whose refusal of a misspelt option names the option meant (--temprature: --temperature)."""
+
+    def error(self, message: str) -> None:
+        unknown = message.partition("unrecognized arguments: ")[2].split()
+        typed = next((a.partition("=")[0] for a in unknown if a.startswith("-")), None)
+        if typed is not None:
+            close = difflib.get_close_matches(typed, [o for o in self._option_string_actions if o.startswith("--")], n=1)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+        super().error(message)
+
+
 def _parser(prog: str) -> MagicArgumentParser:
-    return MagicArgumentParser(prog=prog, add_help=False)
+    return _Parser(prog=prog, add_help=False)
 
 
 def cell_parser() -> MagicArgumentParser:

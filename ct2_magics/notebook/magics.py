@@ -176,7 +176,7 @@ class LlamaMagics(Magics):
             try:
                 value = render.json_value(reply)
             except ValueError as e:
-                problem = f"The reply is not JSON ({e})"
+                problem = f"The reply holds no complete JSON value ({e})"
         if out is not None:
             self.shell.user_ns[out] = value
         if problem is not None:

@@ -28,7 +28,16 @@ _CSS = "".join(
     f".ct2-md .ct2-code span[class^={c}]{{color:var(--jp-mirror-editor-{name}-color)}}" if len(c) == 1
     else f".ct2-md .ct2-code .{c}{{color:var(--jp-mirror-editor-{name}-color)}}"
     for c, name in _TOKEN_COLOURS.items()
-) + ".ct2-md .ct2-image{font-style:italic}.ct2-md>:first-child{margin-top:0}"
+) + ".ct2-md .ct2-image{font-style:italic}.ct2-md>:first-child{margin-top:0}" + (
+    # Code in a box that ends before the next paragraph; the fallbacks serve hosts without JupyterLab's variables.
+    ".ct2-md pre.ct2-code{background:var(--jp-cell-editor-background,rgba(127,127,127,.1));"
+    "border:1px solid var(--jp-border-color2,rgba(127,127,127,.25));border-radius:4px;padding:6px 10px;"
+    "margin:6px 0 10px;overflow-x:auto}.ct2-md pre.ct2-code code{background:none;padding:0}"
+    ".ct2-md :not(pre)>code{background:var(--jp-layout-color2,rgba(127,127,127,.12));padding:0 .25em;border-radius:3px}"
+    # How a reply ended, after it: a square drawn by CSS (no font has every symbol; Debian's lack U+23F9), then words.
+    ".ct2-md .ct2-end{opacity:.75}.ct2-md .ct2-end::before{content:'';display:inline-block;width:.6em;height:.6em;"
+    "margin-right:.45em;background:currentColor}"
+)
 # Our own stylesheet, added after sanitising (never built from model text).
 STYLE = f"<style>{_CSS}</style>"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -80,7 +89,15 @@ def _block(text: str, remote_images: bool) -> str:
 
 def _styled(html: str) -> str:
     # Our style sheet (highlighting colours), once per output, only where there is something to style.
-    return (STYLE + html) if 'class="ct2-code"' in html or "ct2-image" in html else html
+    return (STYLE + html) if 'class="ct2-code"' in html or "ct2-image" in html or "ct2-end" in html else html
+
+
+def end_mark(html: str, words: str) -> str:
+    """`html` (from to_html) with a line after it that says how the reply ended (our words, never the model's)."""
+    from markdown_it.common.utils import escapeHtml
+
+    html = html[len(STYLE):] if html.startswith(STYLE) else html
+    return _styled(f'{html}<div class="ct2-md"><p class="ct2-end"><em>{escapeHtml(words)}</em></p></div>')
 
 
 def bundle(text: str, *, remote_images: bool = False, plain: str | None = None) -> dict[str, str]:
@@ -175,7 +192,8 @@ def _build_markdown(remote_images: bool) -> Any:
     from mdit_py_plugins.dollarmath import dollarmath_plugin
     from mdit_py_plugins.texmath import texmath_plugin
 
-    md = MarkdownIt("commonmark", {"html": False, "linkify": True, "typographer": False})
+    # breaks: a single line break stays one (a poem, an address), as chat front ends show replies.
+    md = MarkdownIt("commonmark", {"html": False, "linkify": True, "typographer": False, "breaks": True})
     md.enable(["table", "strikethrough", "linkify"])
     md.validateLink = is_safe_link  # a link that fails stays as its markdown text
     dollarmath_plugin(md, allow_space=False, allow_digits=False, double_inline=True)

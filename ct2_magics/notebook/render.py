@@ -12,10 +12,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ct2_magics.notebook.markup import Streaming, bundle, fenced_code, inert_text, sections_html, to_html
+from ct2_magics.notebook.markup import Streaming, bundle, end_mark, fenced_code, inert_text, sections_html, to_html
 
-_MARKS = {"interrupted": "⏹ *interrupted*", "stopped": "⏹ *stopped*"}
-_PLAIN_MARKS = {status: f"[{status}]" for status in _MARKS}
+# How a reply that did not end by itself ended, in words (after it: in HTML behind a square CSS draws).
+_MARKS = {"interrupted": "interrupted", "stopped": "stopped", "cut": "cut short: it reached the max tokens limit",
+          "looping": "stopped: it was repeating itself (a loop)"}
+_PLAIN_MARKS = {status: f"[{words}]" for status, words in _MARKS.items()}
 
 
 def wants_markdown(shell: Any, mode: str = "auto") -> bool:
@@ -39,8 +41,8 @@ def reply_bundle(text: str, status: str = "complete", *, remote_images: bool = F
     """A finished (or stopped) reply as sanitised HTML and inert plain text, with its status mark."""
     out = bundle(text, remote_images=remote_images, plain=with_mark(text, status))
     mark = _MARKS.get(status)
-    if mark is not None:  # rendered on its own, so an unclosed code fence in the reply cannot swallow it
-        out["text/html"] += to_html(mark)
+    if mark is not None:  # a block of its own, so an unclosed code fence in the reply cannot swallow it
+        out["text/html"] = end_mark(out["text/html"], mark)
     return out
 
 
@@ -139,8 +141,8 @@ class TextStream:
 
     def finish(self, text: str, status: str, metadata: dict[str, Any]) -> None:
         self.update(text)
-        mark = _MARKS.get(status)
-        self.out.write(f"\n[{status}]\n" if mark else "\n")
+        mark = _PLAIN_MARKS.get(status)
+        self.out.write(f"\n{mark}\n" if mark else "\n")
         self.out.flush()
 
 
@@ -231,14 +233,38 @@ def code_block(text: str) -> str | None:
 
 
 def json_value(text: str) -> Any:
-    """The reply parsed as JSON, alone or in a (```json) fence; ValueError (json's message) if it is neither."""
+    """The first complete JSON value the reply holds: the whole reply, else a code block's, else the first object or
+    array in it (prose, a stray fence or more text after it are fine). ValueError saying what was found otherwise."""
     try:
         return json.loads(text)
-    except ValueError as first:
-        block = code_block(text)
-        if block is None:
-            raise ValueError(str(first)) from None
+    except ValueError:
+        pass
+    for block in fenced_code(text):
         try:
             return json.loads(block)
-        except ValueError as e:
-            raise ValueError(f"{e}, in its code block") from None
+        except ValueError:
+            pass
+    decoder = json.JSONDecoder()
+    first: tuple[int, json.JSONDecodeError] | None = None
+    starts = [i for i, ch in enumerate(text) if ch in "{["]
+    for start in starts[:_MOST_STARTS]:
+        try:
+            return decoder.raw_decode(text, start)[0]
+        except json.JSONDecodeError as e:
+            first = first or (start, e)
+    if first is None:
+        raise ValueError(f"it has no {{ or [ and begins {_snippet(text)}" if text.strip() else "the reply is empty")
+    start, e = first
+    where = f"the {'object' if text[start] == '{' else 'array'} that starts on line {text.count(chr(10), 0, start) + 1}"
+    if e.pos >= len(text.rstrip()):
+        raise ValueError(f"{where} is unfinished: the reply ends inside it")
+    raise ValueError(f"{where} does not parse ({e.msg} at line {e.lineno} column {e.colno})")
+
+
+_MOST_STARTS = 200  # places a value may begin that are tried, so a reply full of brackets costs little
+
+
+def _snippet(text: str, most: int = 40) -> str:
+    """The start of the reply, quoted on one line (repr shows control characters as escapes)."""
+    text = " ".join(text.split())
+    return repr(text[:most] + ("…" if len(text) > most else ""))
