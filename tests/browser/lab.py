@@ -334,6 +334,20 @@ class LabServer:
         return f"{self.url}lab/{ws}{tree}?token={self.token}"
 
 
+class NotebookServer(LabServer):
+    """A running Jupyter Notebook 7 (``jupyter notebook``), set up as :class:`LabServer` sets up JupyterLab:
+    the same isolated dirs, offline flags and exposed app, so the page helpers below work in it too."""
+
+    def command(self) -> list[str]:
+        lab = super().command()
+        flags = [a for a in lab[4:] if not a.startswith("--LabApp.")]
+        return [*lab[:3], "notebook", *flags, "--JupyterNotebookApp.expose_app_in_browser=True"]  # no news, no update check
+
+    def notebook_url(self, path: str) -> str:
+        """URL of Notebook 7's page for the notebook ``path`` (relative to ``root``)."""
+        return f"{self.url}notebooks/{urllib.parse.quote(path)}?token={self.token}"
+
+
 # --------------------------------------------------------------------------- page helpers
 
 _NB = ".jp-NotebookPanel:not(.lm-mod-hidden)"
