@@ -4,7 +4,8 @@
 // What the user does goes to the kernel as messages (model.send): the typed text rides in the message itself.
 const SEND_KEYS = (e) => e.key === 'Enter' && (e.ctrlKey || e.metaKey) && !e.altKey && !e.shiftKey;
 const ANSWER_WAIT_MS = 8000; // no answer from the kernel in this time: say why that may be
-const SIDE_WAIT_MS = 4000; // no panel in the side area after this time: there is none on this page
+const SIDE_WAIT_MS = 5000; // JupyterLab, but no side area after this time: none will come
+const SIDE_GIVE_UP_MS = 30000; // a side area, but no panel in it after this time
 const SIDE_VIEWS = (window.__ct2SideViews = window.__ct2SideViews || new Set()); // note_ids shown in the side area
 const GONE = 'The kernel restarted or stopped, so this panel is no longer connected. Run the cell that opened it ' +
   'again (after %load_ext ct2_magics): the chat comes back from its saved copy.';
@@ -314,13 +315,15 @@ function sideLine(model, el) {
     if (!cleanup) cleanup = panelView(model, el);
   };
   const started = Date.now();
+  const lab = !!document.querySelector('.jp-LabShell'); // the sidecar's side area is JupyterLab's alone
   const check = () => {
+    const waited = Date.now() - started;
     if (SIDE_VIEWS.has(model.get('note_id'))) {
       line.textContent = `The chat panel for chat '${model.get('chat_name')}' is open in the side area, on the right. `;
       line.append(h('button', { class: 'ct2-code-action', type: 'button', title: 'Show the panel in this cell as well',
         onclick: (e) => { e.target.remove(); showHere(line.textContent); } }, 'Show it here too'));
-    } else if (Date.now() - started > SIDE_WAIT_MS) {
-      showHere("The side area is JupyterLab's and did not open here, so the chat panel is in this cell.");
+    } else if (!lab || waited > SIDE_GIVE_UP_MS || (waited > SIDE_WAIT_MS && !document.querySelector('.jupyterlab-sidecar'))) {
+      showHere("The side area did not open here (it is JupyterLab's), so the chat panel is in this cell.");
     } else {
       timer = setTimeout(check, 100);
     }
