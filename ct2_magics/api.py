@@ -164,11 +164,11 @@ class Llama:
     def status(self) -> dict[str, Any]:
         return self.session.status()
 
-    def panel(self, chat: str = "default") -> Any:
-        """An ipywidgets chat panel over `chat`, sharing this model and history."""
+    def panel(self, chat: str = "default", side: bool = False) -> Any:
+        """A chat panel over `chat`, sharing this model and history; `side=True` opens it in JupyterLab's side area."""
         from ct2_magics.notebook.panel import ChatPanel
 
-        return ChatPanel(self.session, chat)
+        return ChatPanel(self.session, chat, side=side)
 
     def __repr__(self) -> str:
         return repr(self.session)

@@ -32,13 +32,12 @@ def panel(llama):
 
 
 def shown(p) -> list[tuple[str, str]]:
-    """(role, visible text) of every message box, from the sanitised HTML the front end gets."""
+    """(role, visible text) of every message, from the sanitised HTML the front end gets (the widget's synced state)."""
+    state = p.root.get_state()
     out = []
-    for box in p.messages.children:
-        role = next(c[4:] for c in box.get_state()["_dom_classes"] if c in ("ct2-user", "ct2-assistant"))
-        (output,) = box.outputs
-        assert output["output_type"] == "display_data" and "text/markdown" not in output["data"]
-        out.append((role, html_text(output["data"]["text/html"])))
+    for m in state["messages"] + state["pending"]:
+        assert m["role"] in ("user", "assistant") and set(m) == {"role", "html", "text", "status"}  # HTML, never markdown
+        out.append((m["role"], html_text(m["html"])))
     return out
 
 
@@ -58,9 +57,9 @@ def test_send_streams_markdown_into_the_messages_and_records_the_turn(shell, lla
     assert p.send()
     assert p.input.value == "" and p.send_button.disabled and not p.stop_button.disabled
     assert p.retry_button.disabled and p.undo_button.disabled and p.new_chat_button.disabled
-    reply_box = p.messages.children[-1]
     seen: list[str] = []
-    reply_box.observe(lambda change: seen.append(html_text(change["new"][0]["data"]["text/html"])), "outputs")
+    p.root.observe(lambda change: seen.extend(html_text(m["html"]) for m in change["new"][1:]), "pending")
+    p.root.observe(lambda change: seen.extend(html_text(m["html"]) for m in change["new"][-1:]), "messages")
     assert p.wait(30)
     assert shown(p) == [("user", "Say hello."), ("assistant", SCRIPT)]
     assert len(seen) >= 3 and seen[-1] == SCRIPT
@@ -98,9 +97,8 @@ def test_stop_ends_decoding_at_once_and_keeps_the_partial_answer(llama, panel, l
     p = panel()
     p.max_tokens.value = "3000"
     p.send("Write forever.")
-    reply_box = p.messages.children[-1]
     updates: list[float] = []
-    reply_box.observe(lambda change: updates.append(time.perf_counter()), "outputs")
+    p.root.observe(lambda change: updates.append(time.perf_counter()), "pending")
     assert wait_for(lambda: len(llama.chat().turns) == 0 and len(shown(p)[-1][1]) > 40)
     time.sleep(1.0)
     started = time.perf_counter()
@@ -110,8 +108,8 @@ def test_stop_ends_decoding_at_once_and_keeps_the_partial_answer(llama, panel, l
     assert stop_s < 1.0, f"stopping took {stop_s:.2f}s"
     turn = llama.chat().turns[-1]
     assert turn.status == "stopped" and len(turn.assistant) > 40
-    (output,) = p.messages.children[-1].outputs
-    assert output["data"]["text/plain"] == with_mark(turn.assistant, "stopped")
+    output = p.messages[-1]
+    assert output["text"] == with_mark(turn.assistant, "stopped")
     assert shown(p)[-1][1].endswith(" stopped")  # the reply, then its end mark
     assert "stopped" in p.status.value and int(TOKENS.search(p.status.value).group(1)) < 3000
     assert not p.send_button.disabled and p.stop_button.disabled
@@ -137,7 +135,7 @@ def test_retry_undo_and_new_chat(llama, panel):
     assert llama.chat().turns == [] and shown(p) == []
     assert p.retry_button.disabled and p.undo_button.disabled and p.new_chat_button.disabled
     p.undo()
-    assert "empty" in p.status.value and "ct2-error" in p.status.get_state()["_dom_classes"]
+    assert "empty" in p.status.value and p.status.error
 
 
 def test_the_panel_and_the_magic_share_one_conversation(shell, llama, panel):
@@ -145,8 +143,8 @@ def test_the_panel_and_the_magic_share_one_conversation(shell, llama, panel):
     p = panel()
     assert run(shell, "%%llama -n 5\nfrom a cell").success
     assert [r for r, _ in shown(p)] == ["user", "assistant"] and shown(p)[0] == ("user", "from a cell")
-    (reply,) = p.messages.children[1].outputs  # the demo's text may hold markdown: compare the plain text
-    assert reply["data"]["text/plain"] == with_mark(llama.chat().turns[0].assistant, llama.chat().turns[0].status)
+    reply = p.messages[1]  # the demo's text may hold markdown: compare the plain text
+    assert reply["text"] == llama.chat().turns[0].assistant
     p.max_tokens.value = "5"
     p.send("from the panel")
     assert p.wait(30)
@@ -158,7 +156,7 @@ def test_the_panel_and_the_magic_share_one_conversation(shell, llama, panel):
     assert "application/vnd.jupyter.widget-view+json" in data
     shell.display_pub.outputs.clear()
     assert run(shell, "%llama chat --chat side").success
-    (out,) = shell.display_pub.outputs
+    out, _note = shell.display_pub.outputs  # the panel, then the line that explains it where it cannot show
     assert "application/vnd.jupyter.widget-view+json" in out["data"]
     assert "side" in [c.name for c in llama.chats]
 
@@ -177,7 +175,7 @@ def test_several_panels_update_together_and_closing_unsubscribes(llama, panel):
     one.root.close()  # closing the widget (e.g. from the front end) unsubscribes the panel too
     assert llama.chat().observers == observers - 2
     llama.ask("more", max_tokens=3)
-    assert len(two.messages.children) == 2 and len(one.messages.children) == 2
+    assert len(two.messages) == 2 and len(one.messages) == 2
 
 
 def test_a_busy_model_shows_waiting_then_answers(llama, panel, long_model):
@@ -194,15 +192,92 @@ def test_a_busy_model_shows_waiting_then_answers(llama, panel, long_model):
     assert llama.chat("other").turns[-1].status in ("complete", "cut") and TOKENS.search(second.status.value)
 
 
-def test_the_shortcut_key_sends_what_was_typed(llama, panel):
-    from ct2_magics.notebook.panel import SEND_KEY
+def from_page(p, action, **content):
+    """What the page sends for a press: a custom message on the widget's comm, as the kernel receives it."""
+    data = {"method": "custom", "content": {"action": action, "seq": 1, **content} if action is not None else "junk"}
+    p.root.comm.handle_msg({"content": {"data": data}, "buffers": []})
 
+
+def test_the_page_sends_the_typed_text_and_the_presses_as_messages(llama, panel):
     llama.load("demo")
     p = panel()
+    p.input.value = "put back after a failed send"
+    hostile = "typed <img src=x onerror=alert(1)> **text**"
+    from_page(p, "send", text=hostile, options={"max_tokens": "4", "bogus": "9"}, system="Be brief.")
+    assert p.busy and p.input.value == ""  # what the kernel put in the input box is gone: the page sent its own
+    assert p.wait(30)
+    assert llama.chat().turns[-1].user == hostile and llama.chat().system == "Be brief."
+    assert p.max_tokens.value == "4" and 1 <= int(TOKENS.search(p.status.value).group(1)) <= 4
+    user_html = p.messages[0]["html"]
+    assert "<img" not in user_html and "&lt;img" in user_html and "<strong>text</strong>" in user_html
+    from_page(p, "retry", options={"max_tokens": "2"}, system="Be brief.")
+    assert p.wait(30) and len(llama.chat().turns) == 1 and int(TOKENS.search(p.status.value).group(1)) <= 2
+    from_page(p, "new_chat")
+    assert llama.chat().turns == [] and p.root.cleared == 1
+    from_page(p, "undo_new_chat")
+    assert [t.user for t in llama.chat().turns] == [hostile]
+    from_page(p, "undo")
+    assert llama.chat().turns == [] and shown(p) == []
+    from_page(p, "send", text="   ")
+    assert not p.busy and p.status.value == "Type a message first." and p.status.error
+    for junk in ("no such action", None):  # ignored: nothing happens, nothing raises
+        from_page(p, junk)
+    assert p.status.value == "Type a message first." and llama.chat().turns == []
+
+
+def test_new_chat_can_be_undone_right_after(shell, llama, panel):
+    shell.run_line_magic("llama", "load demo")
+    p, other = panel(), panel()
+    assert run(shell, "%%llama -n 4\nfrom a cell", cell_id="c1").success
     p.max_tokens.value = "4"
-    p.input.value = "typed text" + SEND_KEY  # what the front end's Ctrl+Enter syncs
-    assert p.input.value == "" and p.busy
-    assert p.wait(30) and llama.chat().turns[-1].user == "typed text"
+    p.send("from the panel")
+    assert p.wait(30)
+    before = list(llama.chat().turns)
+    assert p.undo_new_chat_button.disabled and p.root.cleared == 0
+    p.new_chat_button.click()
+    assert llama.chat().turns == [] and shown(p) == [] and shown(other) == []
+    assert "2 exchanges cleared" in p.status.value and not p.undo_new_chat_button.disabled
+    p.undo_new_chat_button.click()
+    assert llama.chat().turns == before and llama.chat().turns[0].cell_id == "c1"  # the cell's turn too
+    assert [role for role, _ in shown(p)] == ["user", "assistant"] * 2 and shown(other) == shown(p)
+    assert p.undo_new_chat_button.disabled and p.status.value == "Brought back 2 exchanges."
+    # Once the chat moves on, what New chat cleared is gone for good: one line says so.
+    p.new_chat()
+    assert run(shell, "%%llama -n 4\nstarting afresh").success
+    assert p.undo_new_chat_button.disabled and p.root.cleared == 0
+    assert not p.undo_new_chat() and p.status.error and "no New chat to undo" in p.status.value
+    assert [t.user for t in llama.chat().turns] == ["starting afresh"]
+
+
+def test_saved_notebooks_keep_readable_text_and_a_line_explains_a_missing_panel(shell, llama, panel):
+    shell.run_line_magic("llama", "load demo")
+    assert run(shell, "%%llama -n 4\nWhat is <b>this</b>?\x1b[31m").success
+    shell.display_pub.outputs.clear()
+    assert run(shell, "%llama chat").success
+    widget, note = shell.display_pub.outputs
+    assert "application/vnd.jupyter.widget-view+json" in widget["data"]
+    plain = widget["data"]["text/plain"]  # what a saved notebook shows where widgets are not drawn
+    assert plain.startswith("[ct2-magics chat panel, chat 'default': it needs a running kernel; run this cell")
+    assert "\nYou: What is <b>this</b>?␛[31m\nLlama: " in plain and "object at 0x" not in plain
+    assert "model not found" in note["data"]["text/plain"] and "run this cell again" in note["data"]["text/plain"]
+    p = panel()
+    html = p.note()["text/html"]
+    assert f'data-ct2-note="{p.root.note_id}"' in html and len(p.root.note_id) == 32  # the panel hides its own note
+    assert html_text(html) == p.note()["text/plain"]
+
+
+def test_side_opens_the_panel_in_the_side_area(shell, llama):
+    shell.display_pub.outputs.clear()
+    assert run(shell, "%llama chat --side --chat notes").success
+    widget, note = shell.display_pub.outputs  # in the cell, the page shows one line (or the panel, with no side area)
+    assert "application/vnd.jupyter.widget-view+json" in widget["data"] and "model not found" in note["data"]["text/plain"]
+    p = llama.panel("notes", side=True)
+    assert p.root.side and not llama.panel("notes").root.side
+    (shown_there,) = p.sidecar.outputs
+    assert shown_there["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] == p.root.model_id
+    assert p.sidecar.title == "Chat: notes" and p.sidecar.anchor == "right"
+    p.close()
+    assert p.sidecar.comm is None and p.root.comm is None  # closing the panel closes its side area too
 
 
 def test_errors_show_one_line_and_keep_the_history(shell, llama, panel, monkeypatch):
@@ -213,12 +288,12 @@ def test_errors_show_one_line_and_keep_the_history(shell, llama, panel, monkeypa
     p.send()
     assert p.wait(30)
     assert "No such directory: /no/such/dir" in p.status.value and "\n" not in p.status.value
-    assert "ct2-error" in p.status.get_state()["_dom_classes"] and p.input.value == "hello?" and shown(p) == []
+    assert p.status.error and p.input.value == "hello?" and shown(p) == []
 
     llama.load("demo")
     p.max_tokens.value = "5"
     p.send()
-    assert p.wait(30) and "ct2-error" not in p.status.get_state()["_dom_classes"] and len(llama.chat().turns) == 1
+    assert p.wait(30) and not p.status.error and len(llama.chat().turns) == 1
     p.temperature.value = "warm"
     assert not p.send("bad setting")  # refused at once, as %%llama -t warm and llama.ask(temperature="warm") are
     assert p.status.value == "temperature must be a number >= 0 (0 means greedy); got 'warm'."

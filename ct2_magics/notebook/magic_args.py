@@ -44,7 +44,7 @@ HELP = "\n".join([
     "%llama history [--chat NAME]   %llama reset [--chat NAME]   %llama undo [--chat NAME]",
     "%llama system [--chat NAME] TEXT   set a chat's system prompt: the rest of the line, as typed",
     "%llama system [--chat NAME]        show it          %llama system [--chat NAME] --clear   clear it",
-    "%llama chat [--chat NAME]  open the chat panel",
+    "%llama chat [--chat NAME] [--side]  open the chat panel (--side: in JupyterLab's side area)",
     "%llama save FILE [--chat NAME]     write the chats (or one) to JSON; a notebook's chats also save as they change",
     "%llama restore FILE [--chat NAME]  read chats back from FILE, replacing those of the same name",
     "%llama convert SOURCE OUTPUT [--quantization Q|none] [--revision R] [--file F] [--force]",
@@ -102,6 +102,7 @@ def line_parsers() -> dict[str, MagicArgumentParser]:
     for name in ("history", "reset", "undo", "chat"):
         parsers[name] = _parser(f"%llama {name}")
         parsers[name].add_argument("--chat", default="default")
+    parsers["chat"].add_argument("--side", action="store_true")
     explain = parsers["explain"] = _parser("%llama explain")
     explain.add_argument("--chat")
     options.add_arguments(explain)

@@ -244,7 +244,9 @@ class LlamaMagics(Magics):
 
         from ct2_magics.notebook.panel import ChatPanel
 
-        display(ChatPanel(self.session, args.chat))
+        panel = ChatPanel(self.session, args.chat, side=args.side)
+        display(panel)
+        display(panel.note(), raw=True)  # under the panel: what to do where it cannot show (its kernel has gone)
 
     def _cmd_save(self, args: Any) -> None:
         from ct2_magics.notebook import chat_files, store

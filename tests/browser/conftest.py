@@ -3,6 +3,8 @@
 * ``jupyterlab`` (session): a running :class:`~.lab.LabServer` (url, token, root,
   write_notebook(), api(), ...). One server for the whole session.
 * ``lab`` (function): the same server; after the test every session/kernel is shut down.
+* ``notebook7`` (session) / ``nb7`` (function): the same for Jupyter Notebook 7
+  (:class:`~.lab.NotebookServer`), started only by the tests that use it.
 * ``browser`` (session): Playwright's chromium, launched from /usr/bin/chromium.
 * ``page`` (function): a fresh context + page; on failure a screenshot and the
   console log go to ``test-artifacts/<test name>.png`` / ``.log`` at the repo root.
@@ -17,7 +19,7 @@ import re
 
 import pytest
 
-from .lab import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, LabServer, require_browser
+from .lab import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, LabServer, NotebookServer, require_browser
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
@@ -46,6 +48,30 @@ def jupyterlab(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def notebook7(tmp_path_factory):
+    """A running Jupyter Notebook 7 server (``jupyter notebook``), for the tests that need that host."""
+    server = NotebookServer(tmp_path_factory.mktemp("notebook7"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nb7(notebook7, request):
+    """The Notebook 7 server; after the test every session/kernel is shut down."""
+    yield notebook7
+    if _failed(request):
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / f"{_artifact_stem(request)}.server.log").write_text(notebook7.log_tail(400))
+    try:
+        notebook7.shutdown_kernels()
+    except Exception:
+        pass
 
 
 @pytest.fixture

@@ -334,6 +334,20 @@ class LabServer:
         return f"{self.url}lab/{ws}{tree}?token={self.token}"
 
 
+class NotebookServer(LabServer):
+    """A running Jupyter Notebook 7 (``jupyter notebook``), set up as :class:`LabServer` sets up JupyterLab:
+    the same isolated dirs, offline flags and exposed app, so the page helpers below work in it too."""
+
+    def command(self) -> list[str]:
+        lab = super().command()
+        flags = [a for a in lab[4:] if not a.startswith("--LabApp.")]
+        return [*lab[:3], "notebook", *flags, "--JupyterNotebookApp.expose_app_in_browser=True"]  # no news, no update check
+
+    def notebook_url(self, path: str) -> str:
+        """URL of Notebook 7's page for the notebook ``path`` (relative to ``root``)."""
+        return f"{self.url}notebooks/{urllib.parse.quote(path)}?token={self.token}"
+
+
 # --------------------------------------------------------------------------- page helpers
 
 _NB = ".jp-NotebookPanel:not(.lm-mod-hidden)"
@@ -575,3 +589,23 @@ def save_notebook(page, *, timeout: float = 60) -> None:
         execute_command(page, "docmanager:save", timeout=timeout)
     else:
         page.keyboard.press("Control+s")
+
+
+def restart_kernel(page, *, timeout: float = 120) -> None:
+    """Kernel > Restart Kernel…, confirmed in its dialog, as a user does (JupyterLab and Notebook 7); waits for idle."""
+    page.evaluate("() => { window.jupyterapp.commands.execute('kernelmenu:restart'); }")
+    page.locator(".jp-Dialog .jp-Dialog-button.jp-mod-accept").first.click()
+    page.wait_for_timeout(500)
+    wait_kernel_idle(page, timeout=timeout)
+
+
+def open_notebook7(page, server: "NotebookServer", name: str, *, timeout: float = 120):
+    """Open ``name`` in Notebook 7's own page and wait until its kernel is idle. Returns the notebook locator."""
+    page.goto(server.notebook_url(name), wait_until="domcontentloaded", timeout=timeout * 1000)
+    page.locator(f"{_NB} .jp-Notebook").first.wait_for(state="visible", timeout=timeout * 1000)
+    page.wait_for_function(
+        """() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+                   return !!(w && w.sessionContext && w.context && w.context.isReady); }""",
+        timeout=timeout * 1000, polling=100)
+    wait_kernel_idle(page, timeout=timeout)
+    return notebook(page)

@@ -57,7 +57,7 @@ def test_chat_panel_streams_stops_and_shares_the_chat(page, lab, demo_model, lon
     # A model that never ends a reply by itself, so the answer takes long enough to watch it grow.
     run_new_cell(page, f"%llama load {long_model}")
     panel.get_by_text("Settings", exact=True).click()
-    max_tokens = panel.locator(".widget-text", has_text="max tokens").locator("input")
+    max_tokens = panel.get_by_label("max tokens")
     max_tokens.fill("400")
     max_tokens.press("Tab")
     page.evaluate(SAMPLER)
