@@ -144,7 +144,7 @@ def test_the_panel_and_the_magic_share_one_conversation(shell, llama, panel):
     assert run(shell, "%%llama -n 5\nfrom a cell").success
     assert [r for r, _ in shown(p)] == ["user", "assistant"] and shown(p)[0] == ("user", "from a cell")
     reply = p.messages[1]  # the demo's text may hold markdown: compare the plain text
-    assert reply["text"] == llama.chat().turns[0].assistant
+    assert reply["text"] == with_mark(llama.chat().turns[0].assistant, llama.chat().turns[0].status)
     p.max_tokens.value = "5"
     p.send("from the panel")
     assert p.wait(30)
