@@ -60,6 +60,8 @@ class Llama:
     def stream(self, prompt: str, chat: str = "default", *, system: str | None = None, new: bool = False,
                once: bool = False, **options: Any) -> Response:
         """A reply whose text pieces you iterate as they are written (checked now, asked when first read)."""
+        if "choices" in options or "probs" in options:
+            raise LlamaError("A choice is scored, not streamed: use llama.ask(prompt, choices=[...]).")
         return self.session.respond(Request(prompt, chat=chat, system=system, new=new, once=once, options=options))
 
     def ask(self, prompt: str, chat: str = "default", *, choices: Any = None, probs: bool = False, **kwargs: Any) -> Any:

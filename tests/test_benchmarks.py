@@ -129,3 +129,10 @@ def test_threads(shared: Path) -> None:
 def test_convert_cost(shared: Path, smollm2_gguf: Path) -> None:
     out = bench(shared, "convert_cost.py")
     assert "| SmolLM2-135M Q4_1 GGUF | int8 |" in out and "peak RSS MB" in out
+
+
+def test_structured(shared: Path) -> None:
+    out = bench(shared, "structured.py", "--quick")
+    assert "| cities -> country (8) | choices |" in out and "| review sentiment (8) | free text, read by hand |" in out
+    assert "2-choice llama.map / free 8-token llama.map:" in out and "(target <= 2)" in out
+    assert "| 2 choices, one read (static prompt) |" in out and (shared / "json" / "structured.json").is_file()
