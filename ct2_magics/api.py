@@ -63,6 +63,8 @@ class Llama:
 
         schema: a JSON Schema dict, pydantic model, dataclass or TypedDict; the reply is JSON that fits it (reply.value()).
         """
+        if "choices" in options or "probs" in options:
+            raise LlamaError("A choice is scored, not streamed: use llama.ask(prompt, choices=[...]).")
         return self.session.respond(Request(prompt, chat=chat, system=system, new=new, once=once, options=options,
                                             schema=schema))
 

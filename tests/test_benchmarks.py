@@ -148,3 +148,10 @@ def test_loops(shared: Path) -> None:
 def test_offline_start(shared: Path, smollm2_gguf: Path) -> None:
     out = bench(shared, "offline_start.py", "--runs", "1")
     assert "| Hub unreachable |" in out and "| HF_HUB_OFFLINE=1 |" in out and "(target <= 3)" in out
+
+
+def test_structured(shared: Path) -> None:
+    out = bench(shared, "structured.py", "--quick")
+    assert "| cities -> country (8) | choices |" in out and "| review sentiment (8) | free text, read by hand |" in out
+    assert "2-choice llama.map / free 8-token llama.map:" in out and "(target <= 2)" in out
+    assert "| 2 choices, one read (static prompt) |" in out and (shared / "json" / "structured.json").is_file()

@@ -183,13 +183,15 @@ def test_bad_choices_are_one_line_and_cost_nothing(llama, demo_model, kwargs, sa
     assert llama.history() == before and llama.engine is not None and not llama.busy
 
 
-def test_choices_named_like_the_label_column_or_on_a_cluster_are_refused(llama, demo_model):
+def test_choices_named_like_the_label_column_on_a_cluster_or_streamed_are_refused(llama, demo_model):
     llama.load(str(demo_model))
     with pytest.raises(LlamaError, match="share its column with the label column"):
         llama.map(["a"], "{}", choices=["label", "other"], probs=True)
     assert llama.ask("hi", choices=["label", "other"], probs=True, once=True).keys() == {"label", "other"}  # a dict: fine
     with pytest.raises(LlamaError, match="not on a cluster"):
         llama.map(["a"], "{}", choices=["x", "y"], cluster=object())
+    with pytest.raises(LlamaError, match="scored, not streamed"):
+        llama.stream("hi", choices=["x", "y"])
 
 
 # -- chats: the turn is kept as a normal ask keeps it ----------------------------------------------

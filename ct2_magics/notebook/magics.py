@@ -156,8 +156,11 @@ class LlamaMagics(Magics):
         if args.format in ("code", "json"):
             raise LlamaError(f"-f {args.format} reads a written reply, and --choices picks a label; leave one out.")
         reply = ChoiceReply(self.session, self._request(args, cell), choice_view.split_choices(args.choices))
-        label = choice_view.show(reply, self.shell, mode=self.settings.render, plain=args.format == "text",
-                                 quiet=self.settings.quiet)
+        try:
+            label = choice_view.show(reply, self.shell, mode=self.settings.render, plain=args.format == "text",
+                                     quiet=self.settings.quiet)
+        except KeyboardInterrupt:
+            raise LlamaInterrupted("the choices were not scored; the chat is as it was.") from None
         if args.out is not None:
             self.shell.user_ns[args.out] = label
 
