@@ -13,6 +13,7 @@ from ct2_magics.core.items import Progress, Rows, Silent, check_errors_mode, sum
 from ct2_magics.core.options import Sampling, check_options, resolve
 from ct2_magics.core.owner import Stopped, Use
 from ct2_magics.core.planning import prompt_budget
+from ct2_magics.core.prefill import share
 from ct2_magics.errors import LlamaError, LlamaInterrupted, check_text, first_line
 
 # How often the kernel's main thread looks up from a running batch: a kernel interrupt takes effect this soon.
@@ -114,6 +115,7 @@ def run(session: Context, rows: Rows, *, system: str | None, batch_size: int | N
     session.last_errors = rows.failures
     if rows.failures and errors == "raise":
         raise LlamaError(f"{rows.what}: {summary(rows.failures, len(rows), raised=True)}")
+    share(session, engine, rows, head, list(encoded.values()))  # what every prompt shares is read once per batch
 
     # Similar lengths share a batch, so little time goes on padding; results go back by position.
     order = sorted(encoded, key=lambda p: len(encoded[p]))

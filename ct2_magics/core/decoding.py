@@ -91,6 +91,7 @@ class Decoding:
             tokens, static = self._ct2_prompts([prompt_ids])
         prefix = prompt_ids[:len(static.get("static_prompt", ()))]
         stats.cached_tokens = len(prefix) if prefix and self.prefixes.ready(prefix) else 0
+        hit = stats.cached_tokens > 0
         (tokens,) = tokens
         if sampling.seed is not None:
             # CTranslate2 seeds each worker thread once, at its first sample (OpenNMT/CTranslate2#1757),
@@ -105,7 +106,7 @@ class Decoding:
         try:
             for step in steps:
                 if prefix and static["cache_static_prompt"]:
-                    self.prefixes.mark_ready(prefix)  # CTranslate2 has computed and kept it by its first step
+                    self.prefixes.mark_ready(prefix, hit=hit)  # CTranslate2 has computed and kept it by its first step
                     prefix = []
                 if step.token in self.end_tokens:
                     stats.finish = "stop"
@@ -138,6 +139,15 @@ class Decoding:
                 time.sleep(0.0005)
         return True
 
+    def generators(self) -> dict[str, Any]:
+        """The loaded Generators, each with its own static-prompt cache: "stream", and "batch" once made."""
+        return {place: g for place, g in (("stream", self.generator), ("batch", self._batcher)) if g is not None}
+
+    @property
+    def batch_place(self) -> str:
+        """Which Generator batches run on (see _batch_generator): "batch" for one-thread workers, else "stream"."""
+        return "batch" if self.batch_workers > 1 else "stream"
+
     def _batch_generator(self) -> Any:
         """The Generator batches run on: the streaming one, or (batch_workers > 1) one with a one-thread worker per core."""
         if self.batch_workers > 1 and self._batcher is None:
@@ -156,16 +166,23 @@ class Decoding:
 
         if sampling.seed is not None:
             ctranslate2.set_random_seed(sampling.seed)
-        tokens, static = self._ct2_prompts(prompts)
+        generator = self._batch_generator()
+        place = "stream" if generator is self.generator else "batch"
+        # Cut at what the call's prompts share (share_prefix) or at a system block, whether it is cached or not.
+        tokens, static = self._ct2_prompts(prompts, place, batch=True)
+        prefix = prompts[0][:len(static.get("static_prompt", ()))]
+        hit = bool(prefix) and self.prefixes.ready(prefix, place)
+        self.prefixes.last_batch = {"static_tokens": len(prefix), "cached": bool(static.get("cache_static_prompt")),
+                                    "hit": hit}
         # One batch per worker; CTranslate2 runs them at once and returns the results in input order. Should the
         # workers fail to load, the same batches take turns on the loaded Generator (same batches, same replies).
         per_batch = math.ceil(len(tokens) / self.batch_workers)
-        results = self._batch_generator().generate_batch(
+        results = generator.generate_batch(
             tokens, max_batch_size=per_batch, end_token=self.end_tokens, include_prompt_in_result=False,
             callback=lambda _step: stop.is_set(), **static, **sampling.to_ct2(self.vocabulary_size),
         )
-        if static:
-            self.prefixes.mark_ready(prompts[0][:len(static["static_prompt"])])
+        if static.get("cache_static_prompt"):
+            self.prefixes.mark_ready(prefix, place, hit=hit)
         end_ids = set(self.tokenizer.convert_tokens_to_ids(self.end_tokens))
         return [[i for i in r.sequences_ids[0] if i not in end_ids] for r in results]
 

@@ -73,8 +73,8 @@ class Engine(PromptPlanning, Decoding):
             self.notices += [notice] if notice else []
         self.threads = threads  # 0: CTranslate2's default (OMP_NUM_THREADS or min(4, cores))
         # Batches of a model ct2-magics put on one thread run on one one-thread worker per core, in a Generator of
-        # their own (made at the first batch): one Generator's workers each keep their own static-prompt cache, so
-        # the streaming Generator keeps one worker and its cache hits.
+        # their own (made at the first batch), with its own static-prompt cache (its workers share it: BENCHMARKS.md
+        # Findings L); the streaming Generator keeps one worker of its own and its own cache.
         self.batch_workers = min(MAX_BATCH_WORKERS, _cores()) if small and threads == 1 else 1
         self._compute_type = chosen
         self._batcher: Any = None
@@ -120,16 +120,20 @@ class Engine(PromptPlanning, Decoding):
         """Load the weights again after unload_model() (a failed replacement): CTranslate2's cache is empty then."""
         if self.generator is not None:
             self.generator.load_model()
-            self.prefixes.forget()
+            self.prefixes.forget("stream")  # the batch workers' Generator was not unloaded: its cache stays
 
-    def clear_cache(self, *, over_budget: bool = False) -> None:
-        """Empty CTranslate2's static-prompt cache (unload and load the model; the caller holds it).
+    def clear_cache(self, *, over_budget: bool = False, room: int = 0) -> None:
+        """Empty CTranslate2's static-prompt caches, both Generators' (unload and load; the caller holds the model).
 
-        over_budget: only if it holds more than its budget (which a lower prefix_cache_mb can make it).
+        over_budget: only if it holds more than its budget (which a lower prefix_cache_mb can make it);
+        room: only if a prefix of that many tokens would not fit beside what it holds (and fits alone).
         """
-        if self.generator is not None and (not over_budget or self.prefixes.used > self.prefixes.limit):
+        p = self.prefixes
+        if room and (p.used + p.size(room) <= p.limit or p.size(room) > p.limit):
+            return
+        if self.generator is not None and (not over_budget or p.used > p.limit):
             self.wait_idle()
-            self.prefixes.clear(self.generator)
+            p.clear(self.generators())
 
     def close(self) -> None:
         """Free the model's memory."""

@@ -176,7 +176,9 @@ class Rows:
         self.series = as_series(items)
         self.values = list_items(items, what.rpartition(".")[2], noun) if self.series is None else self.series.tolist()
         self.labels = list(range(len(self.values))) if self.series is None else list(self.series.index)
-        self.prompts, self.problems = prompts_of(self.values, str if template is None else template_filler(template))
+        self.template = template
+        self.fill: Callable[[str], str] = str if template is None else template_filler(template)
+        self.prompts, self.problems = prompts_of(self.values, self.fill)
         self.replies: list[str | None] = [None] * len(self.values)
         self.failures: list[ItemError] = []
 

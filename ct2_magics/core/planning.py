@@ -1,17 +1,38 @@
 """Prompt planning: the chat template's ids for a prompt, and where a prompt is cut into CTranslate2's cached
-static prompt (a registered system block, a chat's turn prefix, a prefilled chat) and the rest."""
+static prompt (a registered system block, a chat's turn prefix, a prefilled chat, what a batch's prompts share)
+and the rest."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ct2_magics.core.options import spell
-from ct2_magics.core.prefix_cache import EXACT_ROWS, SPLIT_MIN_TOKENS
+from ct2_magics.core.prefix_cache import EXACT_ROWS, SPLIT_MIN_TOKENS, begins
 from ct2_magics.errors import LlamaError
 
 # System prompts whose encoded block may go to CTranslate2 as a cached static_prompt (within the cache's budget).
 MAX_CACHED_SYSTEM_PROMPTS = 4
+# What an item is replaced with to find where a template's fixed text ends: two texts that differ from their
+# first byte and that no template trims or escapes (private-use and supplementary-plane characters).
+PROBES = ("\ue000", "\U00010000")
+
+
+def shared_cut(prompts: Sequence[Sequence[int]]) -> int:
+    """Where prompts that begin alike are cut into CTranslate2's static prompt and the rest; 0: not worth a cut.
+
+    EXACT_ROWS tokens before the first position where their ids differ: the last shared ids may hold the
+    first characters of an item merged into the template's text, and a cut that few rows from the end changes
+    int8 replies (BENCHMARKS.md, Findings J). Only when that leaves SPLIT_MIN_TOKENS or more before the cut
+    and more than EXACT_ROWS after it in every prompt (one prompt alone shares nothing with another).
+    For choices and schemas too: pass the prompts (or prompt + choice ids) that will be scored together.
+    """
+    if not prompts:
+        return 0
+    common = len(os.path.commonprefix([list(p) for p in prompts]))  # any sequences: compares the least and greatest
+    cut = common - EXACT_ROWS
+    return cut if cut >= SPLIT_MIN_TOKENS and min(len(p) for p in prompts) - cut > EXACT_ROWS else 0
 
 
 def context_window(settings: Any, engine: Any) -> int:
@@ -45,6 +66,7 @@ class PromptPlanning:
         self._system_blocks: dict[str, list[int]] = {}
         self._last_prompt: tuple[Any, list[int]] | None = None  # (template and messages, their ids)
         self._turn_prefixes: dict[Any, list[int]] = {}  # (template and history) -> turn_prefix
+        self._shared: list[int] = []  # the last batch call's shared prefix (share_prefix)
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of the chat template applied to `messages`, ready for the assistant's turn (message text stays text)."""
@@ -64,20 +86,42 @@ class PromptPlanning:
         block = self.encoder.encode([{"role": "system", "content": system}], add_generation_prompt=False)
         self._system_blocks[system] = block[:-EXACT_ROWS]  # see EXACT_ROWS: the rest keeps its last rows
 
-    def _static_split(self, prompts: list[list[int]]) -> int:
-        """Length of the held prefix (or registered system block) every prompt begins with; 0 when none."""
-        return self.prefixes.split(prompts, self._system_blocks.values())
+    def share_prefix(self, prompts: list[list[int]], probes: list[list[dict[str, str]]] | None = None) -> list[int]:
+        """What every prompt of a batch call begins with (shared_cut), which its chunks are cut at; [] when too short.
 
-    def _ct2_prompts(self, prompts: list[list[int]]) -> tuple[list[list[str]], dict[str, Any]]:
-        """Token strings for CTranslate2, with a shared cached prefix (PrefixCache.split) as its static prompt.
-
-        A prefilled chat, an earlier turn's own prefix or a system block: replies are the same whichever it is.
+        probes: the call's messages with PROBES as items (llama.map's template): the cut then ends before
+        the template puts its item, so it is the same in every call with that template, one row or many.
+        Kept for the call's chunks whether or not the cache can hold it (they are cut there either way), until
+        the next call: a call's cut depends on its own prompts only, never on earlier calls or on the cache.
         """
-        n = self._static_split(prompts)
+        ids = [self.encoder.encode(m) for m in probes or []] + prompts
+        n = shared_cut(ids)
+        self._shared = ids[0][:n] if n else []
+        return list(self._shared)
+
+    def _static_split(self, prompts: list[list[int]], place: str = "stream") -> int:
+        """Length of the held prefix (or registered system block) every prompt begins with; 0 when none."""
+        return self.prefixes.split(prompts, self._system_blocks.values(), place)
+
+    def _ct2_prompts(self, prompts: list[list[int]], place: str = "stream",
+                     batch: bool = False) -> tuple[list[list[str]], dict[str, Any]]:
+        """Token strings for CTranslate2, with a shared prefix as its static prompt, cached when the budget allows.
+
+        batch: the call's shared prefix (share_prefix), cut there whether the cache holds it or not (two batch
+        calls that run at once from two threads: the chunks of the older one are cut as if it shared nothing);
+        else, as for a single prompt, a system block that fits in the cache (for a prefilled chat or an earlier
+        turn's prefix, Engine.stream cuts at chat_split). `place`: the Generator that will run them ("stream" or
+        "batch"), whose cache is counted. Replies are the same whichever it is.
+        """
+        prefix = self._shared
+        if batch and prefix and begins(prefix, prompts):
+            n, cache = len(prefix), self.prefixes.admit(prefix, place, "batch")
+        else:
+            n, cache = self._static_split(prompts, place), True
         tokens = [self.tokenizer.convert_ids_to_tokens(p[n:]) for p in prompts]
         if not n:
             return tokens, {}
-        return tokens, {"static_prompt": self.tokenizer.convert_ids_to_tokens(prompts[0][:n]), "cache_static_prompt": True}
+        return tokens, {"static_prompt": self.tokenizer.convert_ids_to_tokens(prompts[0][:n]), "cache_static_prompt": cache}
 
     def turn_prefix(self, history: list[dict[str, str]]) -> list[int]:
         """The ids every prompt that adds one user message to `history` begins with, less the last EXACT_ROWS.
@@ -114,7 +158,7 @@ class PromptPlanning:
         if self.generator is None:
             return "off"
         self.wait_idle()
-        return self.prefixes.prefill(self.generator, prefix, self.tokenizer.convert_ids_to_tokens(prefix), waiting)
+        return self.prefixes.prefill(self.generators(), prefix, self.tokenizer.convert_ids_to_tokens(prefix), waiting)
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(self.prompt_ids(messages))

@@ -1,5 +1,6 @@
 """A next chat turn that costs only its new tokens: after a reply, while the user reads, the chat so far is
 prefilled into CTranslate2's static-prompt cache, and the next prompt sends that prefix as its static prompt.
+A batch call's shared prefix is cached by the call itself; here the cache is emptied for it in idle time.
 
 The prefill runs on the model owner's worker at the lowest priority (ModelOwner.when_idle): never while a
 request holds or waits for the model, and a request that comes meanwhile waits for the rest of that one
@@ -13,13 +14,14 @@ from typing import TYPE_CHECKING
 
 from ct2_magics.core.context import Context
 from ct2_magics.core.options import resolve
-from ct2_magics.core.planning import prompt_budget
+from ct2_magics.core.planning import PROBES, prompt_budget
 from ct2_magics.core.prefix_cache import SPLIT_MIN_TOKENS
 from ct2_magics.errors import LlamaError
 
 if TYPE_CHECKING:
     from ct2_magics.core.conversation import Chat, Turn
     from ct2_magics.core.engine import Engine
+    from ct2_magics.core.items import Rows
 
 # The model must be idle this long first: cells run one after another (Run All, a loop of llama.ask) start
 # within milliseconds of the reply before, so they never wait for a prefill they would not use.
@@ -68,6 +70,19 @@ def warm(session: Context, engine: Engine, chat: str, waiting: Callable[[], bool
     if waiting():
         return "waiting"
     return engine.prefill(prefix, waiting)
+
+
+def share(session: Context, engine: Engine, rows: Rows, head: list[dict[str, str]], prompts: list[list[int]]) -> None:
+    """Have a batch call's chunks cut at what its prompts share (Engine.share_prefix: with a template, what the
+    template writes before its item). Should that prefix not fit beside what the cache holds, the cache is
+    emptied in idle time after the call, so the next call with the same template finds it cached."""
+    if not prompts:
+        return
+    probes = None if rows.template is None else [head + [{"role": "user", "content": rows.fill(p)}] for p in PROBES]
+    prefix = engine.share_prefix(prompts, probes)
+    size = engine.prefixes.size(len(prefix))
+    if prefix and engine.prefixes.enabled and size <= engine.prefixes.limit and not engine.prefixes.fits(prefix, engine.batch_place):
+        session.owner.when_idle(lambda engine, waiting: engine.clear_cache(room=len(prefix)), after=PREFILL_AFTER_S)
 
 
 def _new_limit(session: Context, mb: int) -> None:

@@ -60,19 +60,34 @@ def kv_bytes_per_token(model_dir: str | Path, compute_type: str) -> int | None:
     return layers * 2 * kept * head_dim * value_bytes(compute_type)
 
 
+Key = tuple[str, tuple[int, ...]]  # (which Generator holds it: "stream" or "batch", the prefix's ids)
+
+
 class PrefixCache:
-    """The prefixes (token ids) CTranslate2 holds for one loaded model, their bytes, and the budget."""
+    """The prefixes (token ids) CTranslate2 holds for one loaded model, their bytes, and the budget.
+
+    A model may have two Generators (Engine: "stream" for replies and chats, "batch" for the batch workers when a
+    small CPU model batches on one one-thread worker per core); each keeps its own cache, so a prefix is counted
+    once per Generator that holds it. The workers of one Generator on one device share its cache (CTranslate2
+    gives every replica the same model object, and the cache lives on the model: measured, BENCHMARKS.md
+    Findings L), so a Generator's prefix is counted once, whatever its workers.
+    """
 
     def __init__(self, bytes_per_token: int | None, limit: int) -> None:
         self.bytes_per_token = bytes_per_token
         self.limit = limit  # bytes; 0: cache nothing
-        self._held: dict[tuple[int, ...], int] = {}  # counted, with their bytes
-        self._ready: set[tuple[int, ...]] = set()  # held and computed by CTranslate2
+        self._held: dict[Key, int] = {}  # counted, with their bytes, oldest first
+        self._use: dict[Key, str] = {}  # what it serves: chat (a prefilled turn), system (a system block), batch
+        self._hits: dict[Key, int] = {}  # requests (a reply, a batch) that read it from the cache
+        self._ready: set[Key] = set()  # held and computed by CTranslate2
         self._lock = threading.Lock()  # status() reads from any thread
         self._unknown = False  # a prefill failed: what CTranslate2 kept is unknown until the next clear
         self.state = "idle"  # idle | prefilling | clearing (what the model's worker is doing with it)
         self.prefills = 0  # prefixes put into the cache in idle time
         self.clears = 0  # times the cache was emptied (unload + load)
+        # The last batch (one chunk of llama.generate / llama.map): static prompt tokens, whether CTranslate2 was
+        # asked to cache them, and whether they were read from the cache. Batches have no reply metadata.
+        self.last_batch: dict[str, object] | None = None
 
     @property
     def used(self) -> int:
@@ -86,41 +101,53 @@ class PrefixCache:
     def size(self, tokens: int) -> int:
         return tokens * (self.bytes_per_token or 0)
 
-    def holds(self, prefix: Sequence[int]) -> bool:
+    def holds(self, prefix: Sequence[int], place: str = "stream") -> bool:
         with self._lock:
-            return tuple(prefix) in self._held
+            return (place, tuple(prefix)) in self._held
 
-    def split(self, prompts: list[list[int]], candidates: Iterable[Sequence[int]]) -> int:
+    def fits(self, prefix: Sequence[int], place: str = "stream") -> bool:
+        """Whether `prefix` is held, or would be counted now beside what is held."""
+        with self._lock:
+            held = (place, tuple(prefix)) in self._held
+            return held or (self.enabled and not self._unknown
+                            and sum(self._held.values()) + self.size(len(prefix)) <= self.limit)
+
+    def split(self, prompts: list[list[int]], candidates: Iterable[Sequence[int]], place: str = "stream") -> int:
         """Length of the first of `candidates` (system blocks) that begins every prompt, with EXACT_ROWS
         tokens or more in it and after it, and that is held or fits in the budget (then counted); 0: none.
         """
         if not self.enabled:
             return 0
-        return next((len(c) for c in candidates if _fits(c, prompts) and self.admit(c)), 0)
+        return next((len(c) for c in candidates if begins(c, prompts) and self.admit(c, place, "system")), 0)
 
-    def ready(self, prefix: Sequence[int]) -> bool:
+    def ready(self, prefix: Sequence[int], place: str = "stream") -> bool:
         """Whether CTranslate2 has computed and cached `prefix` (a request that sends it reads it from the cache)."""
         with self._lock:
-            return tuple(prefix) in self._ready
+            return (place, tuple(prefix)) in self._ready
 
-    def mark_ready(self, prefix: Sequence[int]) -> None:
+    def mark_ready(self, prefix: Sequence[int], place: str = "stream", *, hit: bool = False) -> None:
+        """CTranslate2 has computed and kept `prefix`; hit: the request read it from the cache (counted in summary)."""
+        key = (place, tuple(prefix))
         with self._lock:
-            if tuple(prefix) in self._held:
-                self._ready.add(tuple(prefix))
+            if key in self._held:
+                self._ready.add(key)
+                self._hits[key] += int(hit)
 
-    def admit(self, prefix: Sequence[int]) -> bool:
+    def admit(self, prefix: Sequence[int], place: str = "stream", use: str = "chat") -> bool:
         """Count `prefix` as held if it is already held or fits in the budget now; False if it does not fit."""
-        key = tuple(prefix)
+        key = (place, tuple(prefix))
         with self._lock:
             if key in self._held:
                 return True
-            if not self.enabled or self._unknown or sum(self._held.values()) + self.size(len(key)) > self.limit:
+            if not self.enabled or self._unknown or sum(self._held.values()) + self.size(len(key[1])) > self.limit:
                 return False
-            self._held[key] = self.size(len(key))
+            self._held[key] = self.size(len(key[1]))
+            self._use[key], self._hits[key] = use, 0
             return True
 
-    def prefill(self, generator: Any, prefix: list[int], tokens: list[str], waiting: Callable[[], bool]) -> str:
-        """Have CTranslate2 cache `prefix` (its tokens as strings); clear the cache first when it would not fit.
+    def prefill(self, generators: dict[str, Any], prefix: list[int], tokens: list[str], waiting: Callable[[], bool]) -> str:
+        """Have CTranslate2 cache `prefix` (its tokens as strings) in the stream Generator; clear the cache first when
+        it would not fit.
 
         The caller holds the model. Returns what happened: cached, held (already), off, too long (for
         the budget alone), cleared (emptied, and then a request was waiting), busy (CTranslate2 would not
@@ -133,15 +160,15 @@ class PrefixCache:
         if self.size(len(prefix)) > self.limit:
             return "too long"
         if not self.admit(prefix):
-            if not self.clear(generator):
+            if not self.clear(generators):
                 return "busy"
             if waiting() or not self.admit(prefix):
                 return "cleared"
         self.state = "prefilling"
         try:
             # CTranslate2 caches the static prompt's state, then decodes one step after a one-token prompt.
-            generator.generate_batch([tokens[-1:]], static_prompt=tokens, cache_static_prompt=True, max_length=1,
-                                     include_prompt_in_result=False)
+            generators["stream"].generate_batch([tokens[-1:]], static_prompt=tokens, cache_static_prompt=True,
+                                                max_length=1, include_prompt_in_result=False)
         except (RuntimeError, ValueError):  # e.g. out of memory: what CTranslate2 kept is unknown, so clear next time
             self._unknown = True
             return "failed"
@@ -151,43 +178,54 @@ class PrefixCache:
         self.prefills += 1
         return "cached"
 
-    def clear(self, generator: Any) -> bool:
-        """Empty the cache the only way CTranslate2 allows: unload and load the model (the caller holds it, idle).
+    def clear(self, generators: dict[str, Any]) -> bool:
+        """Empty the caches of `generators` ({place: Generator}) the only way CTranslate2 allows: unload and load
+        each model (the caller holds it, idle); False if one would not unload (its cache and count stay).
 
         On the CPU this reads model.bin again (from the page cache). `unload_model(to_cpu=True)` is no
         cheaper way: it does nothing on the CPU, and on a GPU the copy it keeps shares the cache object
         with the model (python/cpp/replica_pool.h; Model::clone copies the shared_ptr).
         """
         self.state = "clearing"
+        emptied: list[str] = []
         try:
-            generator.unload_model()  # does nothing while CTranslate2 still runs a batch: then the cache stays
-            if generator.model_is_loaded:
-                return False
-            give_memory_back()
-            generator.load_model()
-            self.forget()
-            self.clears += 1
-            return True
+            for place, generator in generators.items():
+                generator.unload_model()  # does nothing while CTranslate2 still runs a batch: then the cache stays
+                if generator.model_is_loaded:
+                    break
+                emptied.append(place)
+            return len(emptied) == len(generators)
         finally:
+            if emptied:
+                give_memory_back()
+                for place in emptied:
+                    generators[place].load_model()
+                    self.forget(place)
+            if emptied and len(emptied) == len(generators):
+                self.clears += 1
             self.state = "idle"
 
-    def forget(self) -> None:
-        """The model was loaded again: CTranslate2 holds nothing now."""
+    def forget(self, place: str | None = None) -> None:
+        """The model was loaded again: CTranslate2 holds nothing now (in the Generator at `place`; None: in any)."""
         with self._lock:
-            self._held.clear()
-            self._ready.clear()
-            self._unknown = False
+            for key in [k for k in self._held if place is None or k[0] == place]:
+                del self._held[key], self._use[key], self._hits[key]
+                self._ready.discard(key)
+            if place in (None, "stream"):  # where prefills run
+                self._unknown = False
 
     def summary(self) -> dict[str, object]:
-        """What the cache holds now: prefixes, their tokens and bytes, the budget, and what the worker does."""
+        """What the cache holds now: totals, each prefix (what it serves, where, tokens, bytes, hits), the budget,
+        and what the worker does."""
         with self._lock:
-            held = dict(self._held)
-        return {"prefixes": len(held), "tokens": sum(len(k) for k in held), "bytes": sum(held.values()),
-                "limit": self.limit, "state": self.state,
-                "prefills": self.prefills, "clears": self.clears}
+            held = [{"use": self._use[k], "generator": k[0], "tokens": len(k[1]), "bytes": b, "ready": k in self._ready,
+                     "hits": self._hits[k]} for k, b in self._held.items()]
+        return {"prefixes": len(held), "tokens": sum(h["tokens"] for h in held), "bytes": sum(h["bytes"] for h in held),
+                "limit": self.limit, "state": self.state, "prefills": self.prefills, "clears": self.clears,
+                "held": held, "last_batch": self.last_batch}
 
 
-def _fits(prefix: Sequence[int], prompts: list[list[int]]) -> bool:
+def begins(prefix: Sequence[int], prompts: list[list[int]]) -> bool:
     """Whether `prefix` begins every prompt, with EXACT_ROWS tokens or more in it and more after it."""
     n, key = len(prefix), tuple(prefix)
     return n >= EXACT_ROWS and all(len(p) - n > EXACT_ROWS and tuple(p[:n]) == key for p in prompts)

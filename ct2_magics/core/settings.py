@@ -59,7 +59,7 @@ class LlamaSettings(Configurable):
     prefill = Bool(True, help="After a reply, while you read, prefill the chat so far into CTranslate2's cache, so the "
                    "next turn costs only its new tokens.").tag(config=True)
     prefix_cache_mb = CInt(1024, help="Memory (MB) CTranslate2 may keep for cached prompt prefixes (prefilled chats, "
-                           "system prompts); emptied in idle time when full; 0: cache none.").tag(config=True)
+                           "system prompts, what a batch's prompts share); emptied in idle time when full; 0: cache none.").tag(config=True)
     updates_per_second = CFloat(15.0, help="Most display updates per second while streaming.").tag(config=True)
     render = Enum(["auto", "markdown", "text"], "auto", help="How replies show in a cell.").tag(config=True)
     remote_images = Bool(False, help="Load images a reply links to from other sites. Off: they show as a link, since "
