@@ -28,7 +28,10 @@ def add_convert_arguments(parser: Any) -> None:
 def run_convert(args: argparse.Namespace, progress: Callable[[str], None] = print) -> int:
     """Convert what the parsed `args` say."""
     from ct2_magics.models.convert import convert
+    from ct2_magics.models.libraries import import_converting, import_libraries
 
+    import_libraries()  # whole, Ctrl-C or not: an import cut short in a kernel breaks it until a restart
+    import_converting()
     convert(args.source, args.output, quantization=args.quantization, revision=args.revision, file=args.file,
             force=args.force, progress=progress)
     return 0

@@ -290,11 +290,8 @@ class LlamaMagics(Magics):
 
     def _cmd_convert(self, args: Any) -> None:
         from ct2_magics.models.convert_args import run_convert
-        from ct2_magics.models.libraries import import_converting, import_libraries
 
-        import_libraries()  # whole, Ctrl-C or not: an import cut short in a kernel breaks it until a restart
-        import_converting()
-        run_convert(args)
+        run_convert(args)  # it imports its libraries whole first, Ctrl-C or not
 
 
 def _check_file_name(name: str) -> None:
