@@ -10,8 +10,20 @@ import json
 
 import pytest
 
-from .lab import (cell, cell_output, cells, open_notebook, open_notebook7, restart_kernel, run_all, run_new_cell,
-                  save_notebook, select_cell, wait_kernel_idle)
+from .lab import (
+    add_cell,
+    cell,
+    cell_output,
+    cells,
+    open_notebook,
+    open_notebook7,
+    restart_kernel,
+    run_all,
+    run_new_cell,
+    save_notebook,
+    select_cell,
+    wait_kernel_idle,
+)
 
 CODE_REPLY = "Here is a function:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nIt adds **two** numbers."
 CODE = "def add(a, b):\n    return a + b"
@@ -221,6 +233,18 @@ def test_side_panel_in_lab(page, lab, long_model, script_model):
     side.locator(".ct2-assistant").last.get_by_role("button", name="Insert as a cell below", exact=True).click()
     page.wait_for_function("() => window.jupyterapp.shell.currentWidget.content.model.sharedModel.cells[3]"
                            ".getSource().startsWith('def add')", timeout=10_000)
+
+    # While a cell keeps the kernel busy, the panel still answers, and Stop still stops: JupyterLab sends widget
+    # messages on a kernel subshell (ipykernel 7), so they need not wait for the cell.
+    i = add_cell(page, "import time\ntime.sleep(20)", typing=False)
+    select_cell(page, i)
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-cell'); }")
+    prompt = cell(page, i).locator(".jp-InputPrompt")
+    expect(prompt).to_contain_text("*")
+    page.wait_for_timeout(1000)
+    ask(side, "while a cell runs", answers=4, timeout=15_000)
+    assert "*" in prompt.inner_text() and cell_output(page, i) == ""  # the cell is still running
+    wait_kernel_idle(page, timeout=60)
 
     restart_kernel(page)
     expect_disconnected(side)
