@@ -262,6 +262,7 @@ def test_panel_in_notebook7(page, nb7, long_model):
     panel = cell(page, 1).locator(".ct2-panel")
     expect(panel).to_be_visible(timeout=30_000)
     expect(panel.locator(".ct2-status")).to_contain_text("Ctrl+Enter sends")
+    expect(cell(page, 1).locator(".ct2-panel-note")).to_be_hidden()  # the line on a missing panel: none missing
 
     set_option(panel, "max tokens", "8")
     retry_undo_new_chat(panel)
@@ -270,6 +271,7 @@ def test_panel_in_notebook7(page, nb7, long_model):
     # Notebook 7 has no side area for the sidecar: --side shows the panel in its cell, and says why.
     expect(cell(page, 2).locator(".ct2-side-line")).to_contain_text("did not open here (it is JupyterLab's)")
     expect(cell(page, 2).locator(".ct2-panel")).to_be_visible()
+    expect(cell(page, 2).locator(".ct2-panel-note")).to_be_hidden()
 
     restart_kernel(page)
     expect_disconnected(panel)

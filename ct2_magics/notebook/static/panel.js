@@ -286,12 +286,6 @@ function panelView(model, el) {
   showSettings();
   showStatus();
   update();
-  // The one-line note shown with the panel explains "model not found" when the panel cannot show; it has
-  // nothing to explain while the panel is here.
-  for (const note of document.querySelectorAll(`[data-ct2-note="${model.get('note_id')}"]`)) {
-    (note.closest('.jp-OutputArea-child') || note).style.display = 'none';
-  }
-
   return () => {
     for (const [name, fn] of Object.entries(handlers)) model.off(name, fn);
     if (kernel && kernel.statusChanged) kernel.statusChanged.disconnect(onStatus);
@@ -336,8 +330,20 @@ function sideLine(model, el) {
   return () => { gone = true; if (cleanup) cleanup(); };
 }
 
+// The line shown under the panel explains "model not found" where the panel cannot show; while a view of the
+// panel is on the page it has nothing to explain, so a style sheet hides it (whenever it arrives).
+function hideNote(model) {
+  const id = String(model.get('note_id')).replace(/[^0-9a-f]/g, '');
+  if (!id) return () => {};
+  const style = h('style', { text: `[data-ct2-note="${id}"], .jp-OutputArea-child:has([data-ct2-note="${id}"]) { display: none; }` });
+  document.head.append(style);
+  return () => style.remove();
+}
+
 function render({ model, el }) {
-  return model.get('side') && !el.closest('.jupyterlab-sidecar') ? sideLine(model, el) : panelView(model, el);
+  const shown = hideNote(model);
+  const view = model.get('side') && !el.closest('.jupyterlab-sidecar') ? sideLine(model, el) : panelView(model, el);
+  return () => { shown(); view(); };
 }
 
 export default { render };
