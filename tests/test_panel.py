@@ -6,9 +6,9 @@ import re
 import time
 
 import pytest
+from helpers import html_text, reference_greedy, run, wait_for
 
 from ct2_magics.notebook.render import with_mark
-from helpers import html_text, reference_greedy, run, wait_for
 
 SCRIPT = "Hello from the panel. This reply streams in small pieces, one token at a time, and then it ends."
 TOKENS = re.compile(r"(\d+) tokens · ([\d.]+) tokens/s")
@@ -275,7 +275,7 @@ def test_side_opens_the_panel_in_the_side_area(shell, llama):
     assert p.root.side and not llama.panel("notes").root.side
     (shown_there,) = p.sidecar.outputs
     assert shown_there["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] == p.root.model_id
-    assert p.sidecar.title == "Chat: notes" and p.sidecar.anchor == "right"
+    assert p.sidecar.title == "Chat: notes" and p.sidecar.anchor == "right" and p.root.sidecar_id == p.sidecar.model_id
     p.close()
     assert p.sidecar.comm is None and p.root.comm is None  # closing the panel closes its side area too
 

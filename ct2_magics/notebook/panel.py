@@ -79,6 +79,7 @@ class ChatPanel:
             self.sidecar = Sidecar(title=f"Chat: {self.chat.name}"[:40])
             self.sidecar.outputs = ({"output_type": "display_data", "data": self.root._repr_mimebundle_()[0],
                                       "metadata": {}},)
+            self.root.sidecar_id = self.sidecar.model_id
 
     @property
     def messages(self) -> list[dict[str, Any]]:

@@ -45,6 +45,7 @@ class PanelWidget(anywidget.AnyWidget):
     shortcut = t.Unicode(SHORTCUT).tag(sync=True)
     note_id = t.Unicode("").tag(sync=True)  # the data-ct2-note of the line that stands in for the panel
     side = t.Bool(False).tag(sync=True)  # in the side area: a view in a cell shows one line (the panel where there is none)
+    sidecar_id = t.Unicode("").tag(sync=True)  # the model id of the side area's widget
 
     def __init__(self, **kwargs: Any) -> None:
         fields = [{"name": o.name, "label": o.label, "help": o.help} for o in OPTIONS]

@@ -10,8 +10,20 @@ import json
 
 import pytest
 
-from .lab import (cell, cell_output, cells, open_notebook, open_notebook7, restart_kernel, run_all, run_new_cell,
-                  save_notebook, select_cell, wait_kernel_idle)
+from .lab import (
+    add_cell,
+    cell,
+    cell_output,
+    cells,
+    open_notebook,
+    open_notebook7,
+    restart_kernel,
+    run_all,
+    run_new_cell,
+    save_notebook,
+    select_cell,
+    wait_kernel_idle,
+)
 
 CODE_REPLY = "Here is a function:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nIt adds **two** numbers."
 CODE = "def add(a, b):\n    return a + b"
@@ -222,6 +234,18 @@ def test_side_panel_in_lab(page, lab, long_model, script_model):
     page.wait_for_function("() => window.jupyterapp.shell.currentWidget.content.model.sharedModel.cells[3]"
                            ".getSource().startsWith('def add')", timeout=10_000)
 
+    # While a cell keeps the kernel busy, the panel still answers, and Stop still stops: JupyterLab sends widget
+    # messages on a kernel subshell (ipykernel 7), so they need not wait for the cell.
+    i = add_cell(page, "import time\ntime.sleep(20)", typing=False)
+    select_cell(page, i)
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-cell'); }")
+    prompt = cell(page, i).locator(".jp-InputPrompt")
+    expect(prompt).to_contain_text("*")
+    page.wait_for_timeout(1000)
+    ask(side, "while a cell runs", answers=4, timeout=15_000)
+    assert "*" in prompt.inner_text() and cell_output(page, i) == ""  # the cell is still running
+    wait_kernel_idle(page, timeout=60)
+
     restart_kernel(page)
     expect_disconnected(side)
     assert not [line for line in page.console_log if line.startswith("[pageerror]")]
@@ -238,6 +262,7 @@ def test_panel_in_notebook7(page, nb7, long_model):
     panel = cell(page, 1).locator(".ct2-panel")
     expect(panel).to_be_visible(timeout=30_000)
     expect(panel.locator(".ct2-status")).to_contain_text("Ctrl+Enter sends")
+    expect(cell(page, 1).locator(".ct2-panel-note")).to_be_hidden()  # the line on a missing panel: none missing
 
     set_option(panel, "max tokens", "8")
     retry_undo_new_chat(panel)
@@ -246,6 +271,7 @@ def test_panel_in_notebook7(page, nb7, long_model):
     # Notebook 7 has no side area for the sidecar: --side shows the panel in its cell, and says why.
     expect(cell(page, 2).locator(".ct2-side-line")).to_contain_text("did not open here (it is JupyterLab's)")
     expect(cell(page, 2).locator(".ct2-panel")).to_be_visible()
+    expect(cell(page, 2).locator(".ct2-panel-note")).to_be_hidden()
 
     restart_kernel(page)
     expect_disconnected(panel)

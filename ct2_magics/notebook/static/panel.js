@@ -4,9 +4,7 @@
 // What the user does goes to the kernel as messages (model.send): the typed text rides in the message itself.
 const SEND_KEYS = (e) => e.key === 'Enter' && (e.ctrlKey || e.metaKey) && !e.altKey && !e.shiftKey;
 const ANSWER_WAIT_MS = 8000; // no answer from the kernel in this time: say why that may be
-const SIDE_WAIT_MS = 5000; // JupyterLab, but no side area after this time: none will come
-const SIDE_GIVE_UP_MS = 30000; // a side area, but no panel in it after this time
-const SIDE_VIEWS = (window.__ct2SideViews = window.__ct2SideViews || new Set()); // note_ids shown in the side area
+const SIDE_GIVE_UP_MS = 30000; // JupyterLab, but no side area after this time: none will come
 const GONE = 'The kernel restarted or stopped, so this panel is no longer connected. Run the cell that opened it ' +
   'again (after %load_ext ct2_magics): the chat comes back from its saved copy.';
 
@@ -288,15 +286,7 @@ function panelView(model, el) {
   showSettings();
   showStatus();
   update();
-  // The one-line note shown with the panel explains "model not found" when the panel cannot show; it has
-  // nothing to explain while the panel is here.
-  for (const note of document.querySelectorAll(`[data-ct2-note="${model.get('note_id')}"]`)) {
-    (note.closest('.jp-OutputArea-child') || note).style.display = 'none';
-  }
-  if (el.closest('.jupyterlab-sidecar')) SIDE_VIEWS.add(model.get('note_id'));
-
   return () => {
-    if (el.closest('.jupyterlab-sidecar')) SIDE_VIEWS.delete(model.get('note_id'));
     for (const [name, fn] of Object.entries(handlers)) model.off(name, fn);
     if (kernel && kernel.statusChanged) kernel.statusChanged.disconnect(onStatus);
     for (const w of waiting.values()) clearTimeout(w.timer);
@@ -305,35 +295,55 @@ function panelView(model, el) {
 
 // A panel opened with --side shows in JupyterLab's side area (jupyterlab-sidecar); its cell shows one line
 // saying so. Where no side area opens (Notebook 7, VS Code), the cell shows the panel itself.
+async function sideOpened(model) {
+  const manager = model.widget_manager;
+  if (!document.querySelector('.jp-LabShell') || !manager || !model.get('sidecar_id')) return false;
+  try {
+    const sidecar = await manager.get_model(model.get('sidecar_id'));
+    if (!sidecar || !sidecar.created) return false;
+    const giveUp = new Promise((resolve) => setTimeout(() => resolve(false), SIDE_GIVE_UP_MS));
+    return await Promise.race([sidecar.created.then(() => true), giveUp]); // resolved once it is in the side area
+  } catch (e) {
+    return false;
+  }
+}
+
 function sideLine(model, el) {
   const line = h('div', { class: 'ct2-side-line', text: 'Opening the chat panel in the side area…' });
   el.append(line);
   let cleanup = null;
-  let timer = null;
+  let gone = false;
   const showHere = (why) => {
     line.textContent = why;
-    if (!cleanup) cleanup = panelView(model, el);
+    if (!cleanup && !gone) cleanup = panelView(model, el);
   };
-  const started = Date.now();
-  const lab = !!document.querySelector('.jp-LabShell'); // the sidecar's side area is JupyterLab's alone
-  const check = () => {
-    const waited = Date.now() - started;
-    if (SIDE_VIEWS.has(model.get('note_id'))) {
-      line.textContent = `The chat panel for chat '${model.get('chat_name')}' is open in the side area, on the right. `;
-      line.append(h('button', { class: 'ct2-code-action', type: 'button', title: 'Show the panel in this cell as well',
-        onclick: (e) => { e.target.remove(); showHere(line.textContent); } }, 'Show it here too'));
-    } else if (!lab || waited > SIDE_GIVE_UP_MS || (waited > SIDE_WAIT_MS && !document.querySelector('.jupyterlab-sidecar'))) {
+  sideOpened(model).then((opened) => {
+    if (gone) return;
+    if (!opened) {
       showHere("The side area did not open here (it is JupyterLab's), so the chat panel is in this cell.");
-    } else {
-      timer = setTimeout(check, 100);
+      return;
     }
-  };
-  check();
-  return () => { clearTimeout(timer); if (cleanup) cleanup(); };
+    line.textContent = `The chat panel for chat '${model.get('chat_name')}' is open in the side area, on the right. `;
+    line.append(h('button', { class: 'ct2-code-action', type: 'button', title: 'Show the panel in this cell as well',
+      onclick: (e) => { e.target.remove(); showHere(line.textContent); } }, 'Show it here too'));
+  });
+  return () => { gone = true; if (cleanup) cleanup(); };
+}
+
+// The line shown under the panel explains "model not found" where the panel cannot show; while a view of the
+// panel is on the page it has nothing to explain, so a style sheet hides it (whenever it arrives).
+function hideNote(model) {
+  const id = String(model.get('note_id')).replace(/[^0-9a-f]/g, '');
+  if (!id) return () => {};
+  const style = h('style', { text: `[data-ct2-note="${id}"], .jp-OutputArea-child:has([data-ct2-note="${id}"]) { display: none; }` });
+  document.head.append(style);
+  return () => style.remove();
 }
 
 function render({ model, el }) {
-  return model.get('side') && !el.closest('.jupyterlab-sidecar') ? sideLine(model, el) : panelView(model, el);
+  const shown = hideNote(model);
+  const view = model.get('side') && !el.closest('.jupyterlab-sidecar') ? sideLine(model, el) : panelView(model, el);
+  return () => { shown(); view(); };
 }
 
 export default { render };
