@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import _thread
 import contextlib
-import ctypes
 import importlib.util
 import json
 import os
 import random
 import shutil
 import signal
+import sys
 import threading
 import time
 
@@ -26,12 +26,6 @@ def _press() -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def _raise_in_main() -> None:
-    """A KeyboardInterrupt in the main thread that no signal handler sees (as raised by C code or another handler)."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(threading.main_thread().ident),
-                                               ctypes.py_object(KeyboardInterrupt))
-
-
 def interrupted(action, first: float, gaps: list[float], then=_press) -> None:
     """Run action() while a thread presses Ctrl-C after `first` seconds, then once more after each gap (the later
     ones through `then`); every KeyboardInterrupt that reaches this frame is absorbed, the last one included."""
@@ -44,12 +38,14 @@ def interrupted(action, first: float, gaps: list[float], then=_press) -> None:
             then()
 
     sender = threading.Thread(target=presses, daemon=True)
-    sender.start()
-    started = False
+    stage = 0
     while True:
         try:
-            if not started:
-                started = True
+            if stage == 0:
+                stage = 1
+                sender.start()  # inside the try: a first press near 0 s can come before start() returns
+            if stage == 1:
+                stage = 2
                 action()
             sender.join()
             time.sleep(0.05)  # a press sent just before the thread ended lands here at the latest
@@ -120,14 +116,31 @@ def test_quick_double_and_triple_interrupts_of_a_batch_job_leave_the_model_free(
 
 
 def test_an_interrupt_no_handler_sees_still_frees_the_model(llama, long_model, sigint):
-    """A Ctrl-C, then 0-20 ms later a KeyboardInterrupt raised without a signal, so that the Ctrl-C guard cannot hold
-    it (it may land in ModelOwner's own hand-back): the owner takes the model back from a turn that was left."""
+    """A Ctrl-C, then a KeyboardInterrupt raised without any signal (by a trace function) at a random line of the
+    package's code that runs next, while the reply is being stopped: no Ctrl-C guard can hold that one, and it may
+    land in the hand-back itself. The owner must then take the model back from the turn that was left."""
     llama.load(str(long_model))
+    countdown = [0]
+
+    def tracer(frame, event, arg):
+        if countdown[0] and event == "line" and frame.f_globals.get("__name__", "").startswith("ct2_magics."):
+            countdown[0] -= 1
+            if not countdown[0]:
+                raise KeyboardInterrupt
+        return tracer
+
     rng = random.Random(2003)
-    for i in range(RUNS):
-        first, gap = rng.uniform(0.0, 0.4), rng.uniform(0.0, 0.02)
-        interrupted(lambda: llama.stream(STORY, new=True, max_tokens=2500).consume(), first, [gap], then=_raise_in_main)
-        assert not llama.busy, f"run {i} (first press at {first:.3f} s, then {gap * 1000:.1f} ms): the model is held"
+    previous = sys.gettrace()
+    try:
+        for i in range(RUNS):
+            sys.settrace(tracer)  # again each time: Python unsets a trace function that raised
+            first, lines = rng.uniform(0.05, 0.4), rng.randint(1, 80)
+            interrupted(lambda: llama.stream(STORY, new=True, max_tokens=2500).consume(), first, [0.0],
+                        then=lambda lines=lines: countdown.__setitem__(0, lines))
+            countdown[0] = 0
+            assert not llama.busy, f"run {i} (first press at {first:.3f} s, then at line {lines}): the model is held"
+    finally:
+        sys.settrace(previous)
     with no_hang():
         assert isinstance(llama.ask("And now?", new=True, max_tokens=5), str)
 
