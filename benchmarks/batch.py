@@ -8,7 +8,11 @@ the ask loop >= 3x. The default batch size (LlamaSettings.batch_size) is shown t
 batches (what llama.generate does) against the same batches in input order, same run, alternated:
 CTranslate2 runs a batch's prompts together only up to the shortest one (OpenNMT/CTranslate2#1480).
 
-    python benchmarks/batch.py [--prompts 32] [--tokens 32] [--runs 3] [--mixed]
+--template instead measures llama.map with a ~300-token few-shot template against a ~10-token one over the same
+rows (64 by default, 8-token replies, smollm2): the template's shared prefix read once per batch and cached across
+calls (issue 22; benchmarks/batch_template.py says what each path is).
+
+    python benchmarks/batch.py [--prompts 32] [--tokens 32] [--runs 3] [--mixed | --template [--model smollm2]]
 """
 
 from __future__ import annotations
@@ -94,11 +98,19 @@ def mixed(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--prompts", type=int, default=None, help="32 (--template: 64)")
+    ap.add_argument("--tokens", type=int, default=None, help="32 (--template: 8)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--mixed", action="store_true", help="prompts of mixed lengths: sorted batches vs input order")
+    ap.add_argument("--template", action="store_true", help="a ~300-token few-shot template vs a ~10-token one")
+    ap.add_argument("--model", default="smollm2", help="--template's model: smollm2 (default), bench, or a path")
     args = ap.parse_args()
+    if args.template:
+        import batch_template
+
+        args.prompts, args.tokens = args.prompts or 64, args.tokens or 8
+        return batch_template.run(args)
+    args.prompts, args.tokens = args.prompts or 32, args.tokens or 32
     if args.mixed:
         return mixed(args)
     info = header("llama.generate vs bare generate_batch vs a loop of llama.ask")

@@ -49,6 +49,12 @@ def test_batch(shared: Path) -> None:
     assert "llama.generate / bare generate_batch" in out and "llama.generate / loop of llama.ask" in out
 
 
+def test_batch_template(shared: Path) -> None:
+    out = bench(shared, "batch.py", "--template", "--model", "bench", "--prompts", "4", "--tokens", "2", "--runs", "1")
+    assert "| long template, 2nd call (cache hit) |" in out and "2nd call / 1st call" in out
+    assert "differing from the whole prompt (today)" in out and (shared / "json" / "batch_template.json").is_file()
+
+
 def test_batch_mixed(shared: Path) -> None:
     out = bench(shared, "batch.py", "--mixed", "--prompts", "4", "--tokens", "3", "--runs", "1")
     assert "| input order |" in out and "| sorted by length |" in out and "replies that differ between the two orders" in out

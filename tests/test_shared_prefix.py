@@ -5,7 +5,6 @@ prefix_cache_mb, and give the same greedy replies whether the cache holds it or 
 from __future__ import annotations
 
 import pytest
-
 from helpers import run, wait_for
 
 EXAMPLES = [("cat", "animal", "a small furry pet that purrs"), ("apple", "food", "a sweet fruit that grows on trees"),
