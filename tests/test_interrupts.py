@@ -87,7 +87,7 @@ def test_quick_double_and_triple_interrupts_of_a_stream_leave_the_model_free(lla
         assert len(turns) <= 1 and all(t.status == "interrupted" for t in turns), (i, turns)
     with no_hang():
         assert isinstance(llama.ask("And now?", new=True, max_tokens=5), str)
-    assert llama.chat().turns[-1].status == "complete"
+    assert llama.chat().turns[-1].status in ("complete", "cut")  # cut: it reached max_tokens, as asked
 
 
 def test_quick_double_and_triple_interrupts_of_a_cell_leave_the_model_free(shell, llama, long_model, sigint):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from IPython.core.error import UsageError
 
+from ct2_magics.notebook.render import with_mark
 from helpers import reply_outputs, run, run_ok
 
 CODE_REPLY = "Here:\n```\n\nfound = 7\n```"  # the script models can replay only some texts; these build
@@ -146,7 +147,8 @@ def test_explain_sends_the_error_and_its_cell_and_streams_a_reply(shell, llama):
     assert "interactiveshell" not in prompt  # IPython's own frames are left out
     outs = reply_outputs(shell)
     assert len(outs) >= 2
-    assert outs[-1]["data"]["text/plain"] == llama.history("explain")[-1]["content"]
+    turn = llama.chat("explain").turns[-1]  # the plain text ends with the reply's end mark (cut by -n 20)
+    assert outs[-1]["data"]["text/plain"] == with_mark(llama.history("explain")[-1]["content"], turn.status)
     assert [c.name for c in llama.chats] == ["explain"]  # the default chat is untouched
 
 
