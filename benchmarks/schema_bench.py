@@ -9,8 +9,9 @@ second. Target (issue 21): schema within 3x the time of free JSON.
 masks (llguidance), alternated: A forward_batch over prompt + reply at every step; B generate_batch(max_length=1,
 return_logits_vocab=True) at every step; C (what ct2-magics does) the model's own generate_batch, stopped at the
 first pick the schema refuses, that step's logits giving the allowed token, then a new round; C without
-fast-forward; and free generation. On smollm2 (a model that mostly writes what the schema wants) and on the random
-bench model (every pick refused: the worst case).
+fast-forward; B' (one row at a time) B with the prompt as CTranslate2's cached static prompt; and free
+generation. On smollm2 (a model that mostly writes what the schema wants) and on the random bench model (every
+pick refused until it is inside a string).
 
     python benchmarks/schema_bench.py [--rows 24] [--tokens 60] [--runs 3] [--designs] [--quick]
 """
@@ -127,8 +128,9 @@ def one_model(model: str, args, schema, sampling) -> dict:
     # Every path on the Generator llama.map uses (a one-thread worker per core for a small model), split the same way.
     generator, workers = engine._batch_generator(), engine.batch_workers
 
-    def stepwise(batch: list[list[int]], forward: bool) -> list[constrained.Reply]:
-        """A and B: one model call per step over prompt + reply so far, the masked argmax of its last position."""
+    def stepwise(batch: list[list[int]], forward: bool, static: bool = False) -> list[constrained.Reply]:
+        """A and B: one model call per step over prompt + reply so far, the masked argmax of its last position.
+        static (B', one row at a time): the prompt as CTranslate2's cached static prompt, so a step reads the reply only."""
         replies = [constrained.Reply(engine, schema, p, args.tokens, lambda t: None) for p in batch]
         while True:
             for r in replies:
@@ -140,6 +142,12 @@ def one_model(model: str, args, schema, sampling) -> dict:
             if forward:
                 out = np.array(generator.forward_batch(seqs, return_log_probs=True))
                 last = [out[k, len(s) - 1] for k, s in enumerate(seqs)]
+            elif static:
+                (r,) = live
+                res = engine.generator.generate_batch([tokens(r.prompt[-1:] + r.ids)], static_prompt=tokens(r.prompt[:-1]),
+                                                      cache_static_prompt=True, max_length=1, return_logits_vocab=True,
+                                                      end_token=engine.end_tokens, include_prompt_in_result=False)
+                last = [np.asarray(res[0].logits[0][-1])]
             else:
                 res = generator.generate_batch(seqs, max_length=1, return_logits_vocab=True, end_token=engine.end_tokens,
                                                include_prompt_in_result=False, max_batch_size=-(-len(seqs) // workers))
@@ -173,12 +181,17 @@ def one_model(model: str, args, schema, sampling) -> dict:
         paths = {"free generation": path(free, size),
                  "A forward_batch every step": path(lambda b: stepwise(b, True), size),
                  "B generate_batch(max_length=1) every step": path(lambda b: stepwise(b, False), size),
+                 "B' the same, prompt as cached static_prompt": path(lambda b: stepwise(b, False, True), size),
                  "C speculative rounds (ct2-magics)": path(speculative, size),
                  "C without fast-forward": path(lambda b: speculative(b, False), size)}
+        if size > 1:
+            del paths["B' the same, prompt as cached static_prompt"]  # one static prompt per call: one row at a time
+        rss = resident_mb()
         results = alternate(paths, args.runs, warmup=0 if args.quick else 1)
         name = f"{engine.name.rsplit('/', 1)[-1]}, batch {size}"
         report[name] = results
-        print(f"\n{name}: {args.rows} rows, max_tokens {args.tokens}, greedy; load after: {load_average()}\n")
+        print(f"\n{name}: {args.rows} rows, max_tokens {args.tokens}, greedy; load after: {load_average()}; process grew "
+              f"{resident_mb() - rss:.0f} MB (B' keeps every row's prompt in CTranslate2's cache until unload)\n")
         free_s = median(results["free generation"], "s_row")
         print(table([[n, median(r, "s_row"), spread(r, "s_row"), median(r, "s_row") / free_s, median(r, "tokens"),
                       median(r, "tok_s")] for n, r in results.items()],
@@ -195,6 +208,11 @@ def designs(args) -> None:
     for model in (["demo"] if args.quick else ["smollm2", str(bench_model(BENCH))]):
         report.update(one_model(model, args, as_schema(SCHEMA), Sampling({"temperature": 0.0, "max_tokens": args.tokens})))
     save("schema_designs", {"machine": info, "args": vars(args), "results": report})
+
+
+def resident_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
 def on_thread(fn, *args):

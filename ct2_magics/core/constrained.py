@@ -84,10 +84,6 @@ class Reply:
         self.restarts = 0
         self._bits: bytes | None = None  # the mask for the next token, computed once per position
 
-    @property
-    def running(self) -> bool:
-        return self.state in ("running", "refused")
-
     def _mask_bits(self) -> bytes:
         if self._bits is None:
             self._bits = self.matcher.compute_bitmask()
@@ -233,6 +229,7 @@ def decode(engine: Any, replies: list[Reply], sampling: Sampling, stop: threadin
                 reply.replace(np.asarray(result.logits[0][-1]), sampling, rng)
             elif reply.state == "running" and len(reply.ids) == start:
                 reply.state = "failed"  # the round wrote nothing and refused nothing: never loop on it
+        del results, result  # their logits go before the next round's arrive
 
 
 def _prompts(engine: Any, prompts: list[list[int]], split: int) -> tuple[list[list[str]], dict[str, Any]]:

@@ -183,6 +183,10 @@ class Response:
             engine.register_system(messages[0]["content"])
         self.prompt_ids = engine.prompt_ids(messages)
         self._history = messages[:-1]  # where the prompt is split (Engine.chat_split)
+        if req.schema is not None:
+            from ct2_magics.core.constrained import ll_tokenizer
+
+            ll_tokenizer(engine)  # a model schema= cannot serve (a slow tokenizer) fails here, before the chat changes
         # Only now, with every check passed, change the chat: a bad request never costs its history.
         if chat is not None and req.new:
             chat.reset()

@@ -75,11 +75,14 @@ class MarkdownStream:
     def start(self, placeholder: str = "…") -> None:
         from IPython.display import display
 
-        self.handle = display(self._final(placeholder, "complete"), raw=True, display_id=True)
+        self.handle = display(self._placeholder(placeholder), raw=True, display_id=True)
         self._last = float("-inf")  # the first piece of text shows at once
 
     def waiting(self, waiting: bool) -> None:
-        self.handle.update(self._final("*waiting for the model…*" if waiting else "…", "complete"), raw=True)
+        self.handle.update(self._placeholder("*waiting for the model…*" if waiting else "…"), raw=True)
+
+    def _placeholder(self, text: str) -> dict[str, str]:
+        return self._final(text, "complete")
 
     def update(self, text: str) -> None:
         now = time.perf_counter()
@@ -111,6 +114,9 @@ class JsonStream(MarkdownStream):
 
     def _partial_bundle(self, text: str) -> dict[str, str]:
         return {"text/html": to_html(json_fenced(text))}
+
+    def _placeholder(self, text: str) -> dict[str, str]:
+        return reply_bundle(text)  # "…", "waiting for the model…": our words, shown as markdown
 
 
 def json_fenced(text: str) -> str:
