@@ -41,13 +41,13 @@ def test_interrupts_at_fifty_random_points(shell, llama, long_model, sigint):
             if len(turns) > len(turns_before):
                 assert turns[-1].status == "interrupted" and turns[-1].user == "keep talking"
         else:
-            assert result.success and turns[-1].status == "complete"
+            assert result.success and turns[-1].status == "cut"  # the long model never ends: it reached -n 400
         assert not llama.busy
         if i % 10 == 9:
             llama.reset()
     assert interrupted >= 40
     assert run(shell, "%%llama -n 3\nafter all that").success
-    assert llama.chat().turns[-1].status == "complete"
+    assert llama.chat().turns[-1].status == "cut"  # a whole reply: it reached -n 3, no interrupt
 
 
 def test_requests_from_many_threads_take_turns(shell, llama, script_model):
