@@ -9,6 +9,7 @@ CTranslate2's bare score_batch on the same sequences and a one-read alternative 
 prompt, then each choice's prefixes: one call per prefix length) measured beside them.
 
     python benchmarks/structured.py [--model smollm2] [--rows 64] [--runs 5] [--cities 120] [--quick]
+    python benchmarks/structured.py --batch-tokens 128,256,512,1024   # score batch sizes, wall and CPU time
 """
 
 from __future__ import annotations
@@ -205,6 +206,30 @@ def cost(llama, args) -> tuple[list, dict]:
     return rows, facts
 
 
+def batch_sizes(llama, args) -> None:
+    """The 2-choice map with score batches of each size in --batch-tokens, alternated; wall and CPU seconds."""
+    from ct2_magics.core import choices as core_choices
+
+    texts = [REVIEWS[i % len(REVIEWS)][0] for i in range(args.rows)]
+    kept = core_choices.TOKENS_PER_BATCH
+
+    def run(size: int):
+        def one() -> dict[str, float]:
+            core_choices.TOKENS_PER_BATCH = size
+            wall, cpu = time.perf_counter(), time.process_time()
+            llama.map(texts, REVIEW_TEMPLATE, choices=["positive", "negative"], progress=False)
+            return {"seconds": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+        return one
+
+    try:
+        results = alternate({int(n): run(int(n)) for n in args.batch_tokens.split(",")}, args.runs)
+    finally:
+        core_choices.TOKENS_PER_BATCH = kept
+    print(table([[n, f"{median(r, 'seconds'):.2f} ({spread(r, 'seconds')})", f"{median(r, 'cpu'):.2f} ({spread(r, 'cpu')})"]
+                 for n, r in results.items()], ["tokens per score batch", "wall seconds (range)", "CPU seconds (range)"]))
+    print(f"{args.rows} rows, 2 choices, {args.runs} alternated runs; load at the end: {load_average()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2")
@@ -213,15 +238,18 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--cities", type=int, default=120)
     ap.add_argument("--quick", action="store_true", help="a few rows on the demo model: checks that the script runs")
+    ap.add_argument("--batch-tokens", help="instead: the 2-choice map with these score batch sizes, e.g. 128,256,512")
     args = ap.parse_args()
     if args.quick:
         args.model, args.rows, args.runs, args.cities = "demo", 6, 1, 8
-    info = header("Choices against labels read out of free text")
+    info = header("Choices: score batch sizes" if args.batch_tokens else "Choices against labels read out of free text")
     from ct2_magics import llama
 
     llama.load(args.model, quantization=args.quantization)
     llama.settings.quiet = True
     print(f"model: {args.model} ({llama.engine.compute_type}), batch workers: {llama.status()['batch_workers']}\n")
+    if args.batch_tokens:
+        return batch_sizes(llama, args)
 
     groups = city_groups(args.cities)
     reviews = REVIEWS[:8] if args.quick else REVIEWS

@@ -161,3 +161,5 @@ def test_structured(shared: Path) -> None:
     assert "| cities -> country (8) | choices |" in out and "| review sentiment (8) | free text, read by hand |" in out
     assert "2-choice llama.map / free 8-token llama.map:" in out and "(target <= 2)" in out
     assert "| 2 choices, one read (static prompt) |" in out and (shared / "json" / "structured.json").is_file()
+    sizes = bench(shared, "structured.py", "--quick", "--batch-tokens", "64,256")
+    assert "| 64 |" in sizes and "| 256 |" in sizes and "CPU seconds" in sizes

@@ -321,7 +321,6 @@ CITIES = {"Sao Paulo": "Brazil", "Manaus": "Brazil", "Fortaleza": "Brazil", "Nov
           "Hobart": "Australia", "Catamarca": "Argentina", "Mendoza": "Argentina", "Salta": "Argentina"}
 
 
-@pytest.mark.slow
 def test_on_smollm2_choices_beat_labels_read_out_of_free_text(llama, smollm2_float32):
     import re
 

@@ -30,9 +30,9 @@ from ct2_magics.core.response import Response
 from ct2_magics.errors import LlamaError, check_text, first_line
 
 # Tokens (padding included) in one batch of score_batch: it holds a distribution over the vocabulary for each
-# (smollm2: 49,152 x 4 bytes a token, 50 MB a batch; Llama 3: 128 MB). Measured with smollm2 on 2 cores
-# (BENCHMARKS.md, "Choices"), batches of 128-256 tokens took 20-25% less CPU time than 512-2048.
-TOKENS_PER_BATCH = 256
+# (smollm2: 49,152 x 4 bytes a token, 25 MB a batch; Llama 3: 66 MB). Measured with smollm2 on 2 cores
+# (BENCHMARKS.md, section 13): 128 was fastest; 64 took 14% longer, 256 4%, 512 34%, 1024 45%.
+TOKENS_PER_BATCH = 128
 _EXAMPLE = "['positive', 'negative']"
 
 
