@@ -52,8 +52,10 @@ def build(path: Path, shape: dict, seed: int = 0) -> int:
         nonlocal read
         read += rows * cols + 4 * rows
         w = np.resize(block[rng.integers(0, 1 << 20):], rows * cols).reshape(rows, cols)
-        # Distinct scales: CTranslate2 aliases variables with equal values, which breaks int8 pairs.
-        scale = (1.0 + rng.random(rows)) / (24 * np.sqrt(cols))
+        # CTranslate2 reads int8 / scale (its quantizer writes scale = 127 / max|w|): weights of a standard
+        # deviation near 1/sqrt(cols), so activations and logits stay in float16's range. Distinct scales:
+        # CTranslate2 aliases variables with equal values, which breaks int8 pairs.
+        scale = (1.0 + rng.random(rows)) * 14 * np.sqrt(cols)
         return w, scale.astype(np.float32)
 
     spec = transformer_spec.TransformerDecoderModelSpec.from_config(
@@ -144,16 +146,17 @@ def _cpu_bandwidth_gbs(size: int = 1 << 30, rounds: int = 5) -> float:
     return best
 
 
-def check_agreement(model: Path, device: str, tokens: int = 256) -> dict:
+def check_agreement(model: Path, device: str, tokens: int = 256, compute_type: str | None = None) -> dict:
     """Logits of the small shape on `device` against the CPU's int8: a broken CUDA set-up shows here.
 
-    On the GPU the other side is int8_float16; without one (a dry run), the CPU's float32."""
+    On the GPU the other side is `compute_type` (int8_float16 by default); without one (a dry run), the CPU's
+    float32."""
     import ctranslate2
 
     build(model, SMALL)
     prompt = [SPECIALS[0]] + [f"w{(i * 7919) % 5000}" for i in range(tokens)]
     out = {}
-    other = ("cuda", "int8_float16") if device == "cuda" else ("cpu", "float32")
+    other = ("cuda", compute_type or "int8_float16") if device == "cuda" else ("cpu", compute_type or "float32")
     for side, (dev, compute) in (("reference", ("cpu", "int8")), ("other", other)):
         g = ctranslate2.Generator(str(model), device=dev, compute_type=compute)
         logits = g.forward_batch([prompt]).to(ctranslate2.DataType.float32).to_device(ctranslate2.Device.cpu)
@@ -174,9 +177,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json")
     ap.add_argument("--check", action="store_true", help="only compare GPU and CPU logits on the small shape")
+    ap.add_argument("--compute-type", help="default: int8_float16 on cuda, int8 on cpu")
     args = ap.parse_args()
     if args.check:
-        print(json.dumps(check_agreement(Path(args.model), args.device), indent=1))
+        print(json.dumps(check_agreement(Path(args.model), args.device, compute_type=args.compute_type), indent=1))
         return
     shape = SMALL if args.small else LLAMA3_8B
     t0 = time.perf_counter()
@@ -191,7 +195,7 @@ def main() -> None:
 
     session = Session()
     t0 = time.perf_counter()
-    session.load(args.model, device=args.device, compute_type="int8_float16" if args.device == "cuda" else "int8")
+    session.load(args.model, device=args.device, compute_type=args.compute_type or ("int8_float16" if args.device == "cuda" else "int8"))
     load_s = time.perf_counter() - t0
     engine = session.engine
     prompt = "w1 w2 w3 w4 w5 w6 w7 w8 " * 8
@@ -237,6 +241,8 @@ def main() -> None:
         import subprocess
 
         name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip()
+    # build() counts int8 weights; a 16-bit compute type holds (and reads) two bytes a weight, float32 four.
+    per_token *= {"float16": 2, "bfloat16": 2, "float32": 4}.get(engine.compute_type, 1)
     limit = bw * 1e9 / per_token if bw else None  # every weight byte crosses the memory bus once a token
     report = {
         "device": name, "shape": shape, "ctranslate2": ctranslate2.__version__, "compute_type": engine.compute_type,
