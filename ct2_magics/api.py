@@ -58,15 +58,33 @@ class Llama:
 
     # -- asking ---------------------------------------------------------------------------------
     def stream(self, prompt: str, chat: str = "default", *, system: str | None = None, new: bool = False,
-               once: bool = False, schema: Any = None, **options: Any) -> Response:
+               once: bool = False, schema: Any = None, logprobs: int | None = None, **options: Any) -> Response:
         """A reply whose text pieces you iterate as they are written (checked now, asked when first read).
 
         schema: a JSON Schema dict, pydantic model, dataclass or TypedDict; the reply is JSON that fits it (reply.value()).
+        logprobs=K: reply.tokens lists each token as it is written, with its probability and the K most probable
+        tokens at its step (text, probability); "".join(t.text for t in reply.tokens) is the reply.
         """
         if "choices" in options or "probs" in options:
             raise LlamaError("A choice is scored, not streamed: use llama.ask(prompt, choices=[...]).")
         return self.session.respond(Request(prompt, chat=chat, system=system, new=new, once=once, options=options,
-                                            schema=schema))
+                                            schema=schema, logprobs=logprobs))
+
+    def next_tokens(self, prompt: str, top: int = 10, chat: str | None = None, **options: Any) -> Any:
+        """The `top` most probable next tokens and their probabilities: a DataFrame (token, prob), most probable first,
+        shown in a notebook as a bar chart. Without chat, the prompt is text the model continues as written (no chat
+        template); with chat=NAME, it is the next message in that chat and the tokens are the reply's first.
+        temperature=, top_k=, top_p= add a `sampled` column: what sampling with them makes of the distribution."""
+        from ct2_magics.core.next_token import NextTokens
+
+        look = NextTokens(self.session, prompt, top, chat, **options)
+        try:
+            import pandas  # noqa: F401
+        except ImportError:
+            raise LlamaError("next_tokens returns a pandas DataFrame: pip install pandas.") from None
+        from ct2_magics.notebook.token_view import next_tokens_frame
+
+        return next_tokens_frame(look.result(), look.reshaped)
 
     def ask(self, prompt: str, chat: str = "default", *, schema: Any = None, choices: Any = None, probs: bool = False,
             **kwargs: Any) -> Any:
@@ -76,6 +94,9 @@ class Llama:
         choices=[...]: the most probable of these labels, each scored whole (with probs=True: {choice: probability});
         the chat records it as the reply. Sampling options do not apply then.
         """
+        if kwargs.get("logprobs") is not None:
+            raise LlamaError("ask returns text; for token probabilities use r = llama.stream(prompt, logprobs=5), then "
+                             "r.consume() and r.tokens.")
         if choices is None and probs is False:
             reply = self.stream(prompt, chat, schema=schema, **kwargs)
             return reply.consume() if schema is None else reply.value()

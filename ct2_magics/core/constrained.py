@@ -158,14 +158,14 @@ def pick(logits: np.ndarray, allowed: np.ndarray, sampling: Sampling, rng: np.ra
     if sampling.temperature == 0:
         return int(np.argmax(np.where(allowed, z, -np.inf)))
     z = z / sampling.temperature
-    keep = allowed & _cut(z, sampling.top_k, sampling.top_p)
+    keep = allowed & sampler_keeps(z, sampling.top_k, sampling.top_p)
     if not keep.any():
         keep = allowed
     weights = np.where(keep, np.exp(z - z[keep].max()), 0.0)
     return int(rng.choice(z.size, p=weights / weights.sum()))
 
 
-def _cut(z: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
+def sampler_keeps(z: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
     """The tokens CTranslate2's sampler may draw from: the top_k likeliest, then the fewest that hold top_p."""
     keep = np.ones(z.size, dtype=bool)
     if 0 < top_k < z.size:
@@ -211,7 +211,7 @@ def decode(engine: Any, replies: list[Reply], sampling: Sampling, stop: threadin
         active = [r for r in replies if r.state == "running"]
         if not active:
             return
-        tokens, static = _prompts(engine, [r.prompt + r.ids for r in active], split)
+        tokens, static = ct2_prompts(engine, [r.prompt + r.ids for r in active], split)
         longest = max(len(t) for t in tokens) - min(len(t) for t in tokens)
         steps = max(1, min(max(r.left for r in active), ROUND_LOGITS_BYTES // (per_step * len(active)) - longest))
         before = [len(r.ids) for r in active]
@@ -232,7 +232,7 @@ def decode(engine: Any, replies: list[Reply], sampling: Sampling, stop: threadin
         del results, result  # their logits go before the next round's arrive
 
 
-def _prompts(engine: Any, prompts: list[list[int]], split: int) -> tuple[list[list[str]], dict[str, Any]]:
+def ct2_prompts(engine: Any, prompts: list[list[int]], split: int) -> tuple[list[list[str]], dict[str, Any]]:
     """Token strings for CTranslate2 and its static-prompt arguments, cut as the engine cuts a chat or a batch."""
     if not split:
         return engine._ct2_prompts(prompts)

@@ -43,6 +43,7 @@ class Request:
     instructions: str | None = None
     origin: str = "python"  # the front end that asked: python | magic | panel (its words are used in messages)
     schema: Any = None  # a JSON Schema (dict, pydantic model, dataclass, TypedDict): the reply is JSON that fits it
+    logprobs: Any = None  # keep each token's probability and this many alternatives (Response.tokens)
 
     def checked(self) -> Request:
         """This request with its names and values checked; LlamaError saying what is wrong otherwise."""
@@ -60,8 +61,13 @@ class Request:
             from ct2_magics.core.schema import as_schema
 
             schema = as_schema(self.schema)
+        from ct2_magics.core.weighing import checked_k
+
+        k = checked_k(self.logprobs, "--probs" if self.origin == "magic" else "logprobs")
+        if k is not None and schema is not None:
+            raise LlamaError("Token probabilities are kept for free replies; leave out the schema, or the probabilities.")
         return Request(self.prompt, chat_name(self.chat), self.system, bool(self.new), bool(self.once), self.cell_id,
-                       check_options(self.options), self.instructions, self.origin, schema)
+                       check_options(self.options), self.instructions, self.origin, schema, k)
 
 
 class Response:
@@ -84,6 +90,8 @@ class Response:
         self.status = "pending"  # pending | streaming | complete | cut | looping | stopped | interrupted | failed
         self.notices: list[str] = []
         self.problem: str | None = None  # why a schema reply holds no value (see value())
+        # With logprobs=K: each token's TokenProb (core/weighing.py) as it is written; "".join(t.text ...) is the text.
+        self.tokens: list[Any] | None = [] if self.request.logprobs else None
         self.engine: Engine | None = None
         self.sampling: Sampling | None = None
         self.prompt_ids: list[int] | None = None
@@ -156,6 +164,11 @@ class Response:
             raise
 
     def _stream(self, engine: Engine, split: int) -> Any:
+        if self.tokens is not None:
+            from ct2_magics.core.weighing import ProbStream
+
+            return ProbStream(engine, self.prompt_ids, self.sampling, self.stats, self._stop, self.request.logprobs,
+                              self.tokens, split=split)
         if self.request.schema is None:
             return engine.stream(self.prompt_ids, self.sampling, self.stats, self._stop, split=split)
         from ct2_magics.core.schema_runs import SchemaStream

@@ -11,6 +11,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser
 
 from ct2_magics.core import options
+from ct2_magics.errors import LlamaError
 
 HELP = "\n".join([
     "%%llama [options]        ask the model; the cell is the prompt, the reply streams into the cell",
@@ -27,6 +28,8 @@ HELP = "\n".join([
     "  --no-vars              send {...} as written",
     '  --choices "A, B, C"    reply with the most probable of these labels (comma-separated), each scored whole;',
     "                         shows each one's probability as a bar; -o VAR stores the label; no sampling options",
+    "  --probs [K]            tint each token of the reply by its probability; hover a token for the K (default",
+    "                         5, at most 20) tokens the model weighed at that step, the chosen one marked",
     "  In the cell, {name} is that variable's value, {In[3]} / {Out[3]} a cell's input / output ({In[-1]}: the",
     "  cell before this one); tables and long values are cut short; {{ and }} are literal braces; anything else",
     "  in braces stays as written.",
@@ -85,7 +88,19 @@ def cell_parser() -> MagicArgumentParser:
     p.add_argument("--no-vars", action="store_true")
     p.add_argument("--schema")
     p.add_argument("--choices")
+    p.add_argument("--probs", nargs="?", const=5, type=int)
     return p
+
+
+def check_together(args: object) -> None:
+    """LlamaError for %%llama options that cannot go together (each shows or reads the reply its own way)."""
+    choices, schema, probs, fmt = (getattr(args, n) for n in ("choices", "schema", "probs", "format"))
+    if choices is not None and (schema is not None or probs is not None):
+        raise LlamaError(f"Give --choices or {'--schema' if probs is None else '--probs'}, not both.")
+    if choices is not None and fmt in ("code", "json"):
+        raise LlamaError(f"-f {fmt} reads a written reply, and --choices picks a label; leave one out.")
+    if probs is not None and fmt != "markdown":
+        raise LlamaError(f"--probs shows the reply's tokens tinted; -f {fmt} shows it otherwise: leave one out.")
 
 
 def line_parsers() -> dict[str, MagicArgumentParser]:

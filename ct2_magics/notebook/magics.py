@@ -18,8 +18,8 @@ from ct2_magics.core.schema import WHAT, as_schema
 from ct2_magics.core.session import Session
 from ct2_magics.errors import LlamaError, LlamaInterrupted
 from ct2_magics.notebook import interpolate as prompts
-from ct2_magics.notebook import render
-from ct2_magics.notebook.magic_args import HELP, cell_parser, line_parsers, split, system_line
+from ct2_magics.notebook import render, token_view
+from ct2_magics.notebook.magic_args import HELP, cell_parser, check_together, line_parsers, split, system_line
 from ct2_magics.notebook.markup import inert_text
 
 # IPython's own names in a notebook's namespace: the output and input caches.
@@ -69,9 +69,8 @@ class LlamaMagics(Magics):
             else:
                 args = self.cell_parser.parse_args(split(line))
                 args.out = self._check_variable(args.out)
+                check_together(args)
                 if args.choices is not None:
-                    if args.schema is not None:
-                        raise LlamaError("Give --choices or --schema, not both.")
                     return self._choose(args, cell)
                 schema = self._schema(args)
                 response = self.session.respond(self._request(args, cell, schema))
@@ -95,8 +94,10 @@ class LlamaMagics(Magics):
         print(inert_text(line))
 
     def _show(self, response: Any, plain: bool = False, as_json: bool = False) -> None:
-        render.show(response, self.shell, mode=self.settings.render, rate=self.settings.updates_per_second,
-                    plain=plain, quiet=self.settings.quiet, remote_images=self.settings.remote_images, as_json=as_json)
+        rate = self.settings.updates_per_second
+        tinted = None if response.tokens is None else token_view.TokenStream(response, rate)
+        render.show(response, self.shell, mode=self.settings.render, rate=rate, plain=plain, quiet=self.settings.quiet,
+                    remote_images=self.settings.remote_images, as_json=as_json, tinted=tinted)
 
     # -- the cell magic ---------------------------------------------------------------------------
     def _check_variable(self, typed: str | None) -> str | None:
@@ -146,15 +147,13 @@ class LlamaMagics(Magics):
                                     "(write {{ and }} for literal braces, or use --no-vars).")
         return Request(prompt, chat=args.chat, system=args.system, new=args.new, once=args.once,
                        cell_id=self.cell_id, options={n: getattr(args, n) for n in options.NAMES}, origin="magic",
-                       schema=schema)
+                       schema=schema, logprobs=args.probs)
 
     def _choose(self, args: Any, cell: str) -> None:
         """%%llama --choices "a, b": the label and each choice's probability as bars; -o VAR stores the label."""
         from ct2_magics.core.choices import ChoiceReply
         from ct2_magics.notebook import choice_view
 
-        if args.format in ("code", "json"):
-            raise LlamaError(f"-f {args.format} reads a written reply, and --choices picks a label; leave one out.")
         reply = ChoiceReply(self.session, self._request(args, cell), choice_view.split_choices(args.choices))
         try:
             label = choice_view.show(reply, self.shell, mode=self.settings.render, plain=args.format == "text",

@@ -15,9 +15,9 @@ from typing import Any
 from ct2_magics.notebook.markup import Streaming, bundle, end_mark, fenced_code, inert_text, sections_html, to_html
 
 # How a reply that did not end by itself ended, in words (after it: in HTML behind a square CSS draws).
-_MARKS = {"interrupted": "interrupted", "stopped": "stopped", "cut": "cut short: it reached the max tokens limit",
+END_WORDS = {"interrupted": "interrupted", "stopped": "stopped", "cut": "cut short: it reached the max tokens limit",
           "looping": "stopped: it was repeating itself (a loop)"}
-_PLAIN_MARKS = {status: f"[{words}]" for status, words in _MARKS.items()}
+_PLAIN_MARKS = {status: f"[{words}]" for status, words in END_WORDS.items()}
 
 
 def wants_markdown(shell: Any, mode: str = "auto") -> bool:
@@ -40,7 +40,7 @@ def with_mark(text: str, status: str, marks: dict[str, str] = _PLAIN_MARKS) -> s
 def reply_bundle(text: str, status: str = "complete", *, remote_images: bool = False) -> dict[str, str]:
     """A finished (or stopped) reply as sanitised HTML and inert plain text, with its status mark."""
     out = bundle(text, remote_images=remote_images, plain=with_mark(text, status))
-    mark = _MARKS.get(status)
+    mark = END_WORDS.get(status)
     if mark is not None:  # a block of its own, so an unclosed code fence in the reply cannot swallow it
         out["text/html"] = end_mark(out["text/html"], mark)
     return out
@@ -153,11 +153,13 @@ class TextStream:
 
 
 def show(response: Any, shell: Any, *, mode: str = "auto", rate: float = 15.0, plain: bool = False,
-         quiet: bool = False, remote_images: bool = False, as_json: bool = False) -> None:
+         quiet: bool = False, remote_images: bool = False, as_json: bool = False, tinted: Any = None) -> None:
     """Stream `response` into the current cell; whatever ends it (a KeyboardInterrupt in the display code too),
     the reply is closed, its turn recorded and the cell shows that same text, then the exception propagates."""
     if not wants_markdown(shell, mode):
         view: MarkdownStream | TextStream = TextStream()
+    elif tinted is not None:  # --probs: the tokens, tinted by their probability (notebook/token_view.py)
+        view = tinted
     else:
         view = PlainStream(rate) if plain else JsonStream(rate) if as_json else MarkdownStream(rate, remote_images=remote_images)
     started = False
