@@ -7,6 +7,12 @@ point. Replies that ran to the limit without repeating are listed, for a look by
 (the default temperature, --samples seeds) replies are both measured: the rule must hold for both.
 
     python benchmarks/loops.py [--tokens 512] [--samples 2] [--quantization int8|float32] [--tiny] [--show]
+
+--map: what the rule saves a batch. `llama.map` over the same prompts (greedy), with LlamaSettings.stop_loops on and
+off in turn (--runs rounds, order rotating, after one warm-up each): wall and CPU time, tokens written, the rows
+stopped, and the rows whose reply differs (every one must be a stopped row, cut where its loop was seen).
+
+    python benchmarks/loops.py --map [--runs 3] [--tokens 512] [--batch-size 16] [--tiny]
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import header, save, table, verdict
+from common import alternate, header, load_average, median, save, spread, table, verdict
 
 PROMPTS = [
     # the issue's two, then what analysts, teachers and researchers ask
@@ -141,6 +147,52 @@ def measure(data: list[tuple], kinds: list[tuple[str, int | None]], rule: tuple)
     return out
 
 
+def map_figure(args: argparse.Namespace) -> None:
+    """llama.map over the prompts with stop_loops on and off, alternated: time, tokens, rows stopped and changed."""
+    info = header("llama.map over prompts that include loops: stop_loops on vs off")
+    from ct2_magics import llama
+
+    prompts = TINY_PROMPTS if args.tiny else PROMPTS
+    engine = llama.load("demo" if args.tiny else "smollm2", quantization=None if args.tiny else args.quantization)
+    count = lambda text: len(engine.tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
+    replies: dict[bool, list[list[str]]] = {True: [], False: []}
+    stopped: dict[bool, list[list[int]]] = {True: [], False: []}
+
+    def path(on: bool):
+        def run() -> dict[str, float]:
+            llama.settings.stop_loops = on
+            wall, cpu = time.perf_counter(), time.process_time()
+            out = llama.map(prompts, temperature=0, max_tokens=args.tokens, batch_size=args.batch_size, progress=False)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            replies[on].append(out)
+            stopped[on].append([e.position for e in llama.last_loops])
+            return {"wall_s": wall, "cpu_s": cpu, "tokens": sum(count(r) for r in out)}
+        return run
+
+    results = alternate({"stop_loops on": path(True), "stop_loops off": path(False)}, runs=args.runs)
+    print(f"{len(prompts)} prompts to {engine.name} ({engine.compute_type}), greedy, max_tokens {args.tokens}, batch_size "
+          f"{args.batch_size} x {engine.batch_workers} workers; {args.runs} alternated rounds after a warm-up each\n")
+    print(table([[name, median(r, "wall_s"), spread(r, "wall_s"), median(r, "cpu_s"), median(r, "tokens")]
+                 for name, r in results.items()],
+                ["llama.map", "wall s (median)", "wall s (range)", "CPU s (median)", "tokens written"]))
+    on, off = replies[True][-1], replies[False][-1]
+    cut = stopped[True][-1]
+    changed = [i for i, (a, b) in enumerate(zip(on, off)) if a != b]
+    same_runs = all(r == on for r in replies[True]) and all(r == off for r in replies[False])
+    prefix = all(off[i].startswith(on[i]) for i in cut)
+    ratio = median(results["stop_loops off"], "wall_s") / median(results["stop_loops on"], "wall_s")
+    print(f"\nstop_loops on is {ratio:.2f}x faster (wall); rows stopped in a loop: {len(cut)} of {len(prompts)} "
+          f"({', '.join(repr(prompts[i][:40]) for i in cut)}); rows changed: {len(changed)}, all of them stopped rows "
+          f"{verdict(set(changed) <= set(cut))}; each stopped reply a prefix of the one that ran on {verdict(prefix)}; "
+          f"the same replies every round {verdict(same_runs)}; with stop_loops off none reported "
+          f"{verdict(not any(stopped[False]))}")
+    for i in cut:
+        print(f"  {prompts[i]!r}: {count(on[i])} tokens instead of {count(off[i])}; ends {on[i][-60:]!r}")
+    save("loops_map", {"machine": info, "load_after": load_average(), "results": results, "stopped": cut,
+                       "changed": changed})
+    print(f"\nload after: {load_average()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=512, help="the token limit (the default max_tokens)")
@@ -150,7 +202,12 @@ def main() -> None:
     parser.add_argument("--show", action="store_true", help="print every reply's end")
     parser.add_argument("--top", type=int, default=25, help="rows of the table (the best rules first)")
     parser.add_argument("--keep", help="a JSON file for the raw replies: read when it exists, else written (rules only)")
+    parser.add_argument("--map", action="store_true", help="time llama.map with stop_loops on and off (see above)")
+    parser.add_argument("--runs", type=int, default=3, help="--map: alternated rounds")
+    parser.add_argument("--batch-size", type=int, default=16, help="--map: llama.map's batch_size")
     args = parser.parse_args()
+    if args.map:
+        return map_figure(args)
     info = header("Loop rules over smollm2's replies")
     from ct2_magics import llama
     from ct2_magics.core.loops import LINE_REPEATS, MAX_SPAN, MIN_CHARS, MIN_REPEATS

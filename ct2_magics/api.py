@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ct2_magics.core.items import summary
+from ct2_magics.core.items import loop_summary, summary
 from ct2_magics.core.response import Request, Response
 from ct2_magics.core.session import Session, get_session
 from ct2_magics.errors import LlamaError
@@ -147,15 +147,25 @@ class Llama:
         return result
 
     def _warn(self, errors: str, what: str, total: int) -> None:
-        if errors == "warn" and self.session.last_errors:
+        lines = [summary(self.session.last_errors, total)] if errors == "warn" and self.session.last_errors else []
+        if errors != "ignore" and self.session.last_loops:  # not failures: said unless errors="ignore" quiets all
+            lines.append(loop_summary(self.session.last_loops, total))
+        if lines:
             from ct2_magics.notebook.markup import inert_text
 
-            print(inert_text(f"{what}: {summary(self.session.last_errors, total)}"), file=sys.stderr)
+            for line in lines:
+                print(inert_text(f"{what}: {line}"), file=sys.stderr)
 
     @property
     def last_errors(self) -> list[Any]:
         """Why items of the last generate/map got no reply."""
         return self.session.last_errors
+
+    @property
+    def last_loops(self) -> list[Any]:
+        """Items of the last generate/map whose replies fell into a loop and were stopped there (their text up to the
+        loop is kept), with the span each repeated; LlamaSettings.stop_loops = False lets such replies run on."""
+        return self.session.last_loops
 
     @property
     def last_result(self) -> Any:

@@ -5,6 +5,7 @@ Built from ct2_magics.models.demo's parts (tokenizer, decoder spec, saving); onl
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,29 @@ def build_parrot(path: Path | str, script: str, *, hidden: int = 256, layers: in
     CTranslate2 uses on AMD CPUs and which saturates on AVX2 without VNNI (seen on an AMD EPYC Zen 3: every
     reply became the first token of the vocabulary).
     """
+    return _build(path, [(GENERATION_PROMPT, script, loop)], hidden=hidden, layers=layers, heads=heads,
+                  kv_heads=kv_heads, intermediate=intermediate, seed=seed, max_position=max_position,
+                  chat_template=chat_template)
+
+
+def build_router(path: Path | str, routes: dict[str, tuple[str, bool]], **options) -> Path:
+    """A parrot whose reply depends on how the prompt ends: its chat template ends at the user's text, and a prompt
+    that ends with a route's key (at least PARROT_LAGS + 1 tokens, after a line break) gets that route's script, once
+    and then the end of its turn, or (loop True) over and over. Prompts that end otherwise get no defined reply."""
+    path = _build(path, [(key, script, loop) for key, (script, loop) in routes.items()], chat_template=True, **options)
+    config = json.loads((Path(path) / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ bos_token }}{{ messages[-1]['content'] }}"
+    (Path(path) / "tokenizer_config.json").write_text(json.dumps(config))
+    return path
+
+
+def _build(path: Path | str, routes: list[tuple[str, str, bool]], *, hidden: int = 256, layers: int = 4, heads: int = 8,
+           kv_heads: int = 2, intermediate: int = 512, seed: int = 0, max_position: int = 8192,
+           chat_template: bool = True) -> Path:
     rng = np.random.default_rng(seed)
     tokenizer = train_tokenizer()
     vocab = vocabulary(tokenizer)
-    chain, successors = _parrot_plan(tokenizer, vocab, script, loop)
+    chain, successors = _parrot_plan(tokenizer, vocab, routes)
     # Room for the parrot's slots and one FFN unit per context.
     hidden = max(hidden, SCRIPT_MIN_HIDDEN)
     intermediate = max(intermediate, -(-len(successors) // 64) * 64)
@@ -43,20 +63,26 @@ def build_parrot(path: Path | str, script: str, *, hidden: int = 256, layers: in
                       max_position=max_position)
 
 
-def _parrot_plan(tokenizer, vocab: list[str], script: str, loop: bool = False) -> tuple[list[int], dict[tuple[int, ...], int]]:
-    """The tokens a parrot walks through, and the successor of each context of PARROT_LAGS + 1 tokens (looping: the
-    script twice and no end, so the contexts at its end lead back to its start)."""
-    prompt = tokenizer.encode(GENERATION_PROMPT, add_special_tokens=False).ids
-    body = tokenizer.encode(script, add_special_tokens=False).ids
-    if not body or any(vocab[i] in SPECIAL_TOKENS for i in body):
-        raise ValueError("script must be non-empty text without special tokens")
-    chain = [*prompt, *body, *body] if loop else [*prompt, *body, vocab.index(EOT)]
+def _parrot_plan(tokenizer, vocab: list[str], routes: list[tuple[str, str, bool]]) -> tuple[list[int], dict[tuple[int, ...], int]]:
+    """The tokens a parrot walks through, and the successor of each context of PARROT_LAGS + 1 tokens, for each route
+    (the prompt's end, the script, whether it loops: then the script twice and no end, so the contexts at its end
+    lead back to its start)."""
+    chain: list[int] = []
     successors: dict[tuple[int, ...], int] = {}
-    for end in range(len(prompt) - 1, len(chain) - 1):
-        context = tuple(chain[end - PARROT_LAGS : end + 1])
-        if successors.setdefault(context, chain[end + 1]) != chain[end + 1]:
-            text = tokenizer.decode(list(context))
-            raise ValueError(f"script repeats {text!r} with two different continuations; pick another script")
+    for start, script, loop in routes:
+        prompt = tokenizer.encode(start, add_special_tokens=False).ids
+        body = tokenizer.encode(script, add_special_tokens=False).ids
+        if not body or any(vocab[i] in SPECIAL_TOKENS for i in body):
+            raise ValueError("script must be non-empty text without special tokens")
+        if len(prompt) <= PARROT_LAGS:
+            raise ValueError(f"a route's prompt end must be at least {PARROT_LAGS + 1} tokens")
+        route = [*prompt, *body, *body] if loop else [*prompt, *body, vocab.index(EOT)]
+        for end in range(len(prompt) - 1, len(route) - 1):
+            context = tuple(route[end - PARROT_LAGS : end + 1])
+            if successors.setdefault(context, route[end + 1]) != route[end + 1]:
+                text = tokenizer.decode(list(context))
+                raise ValueError(f"script repeats {text!r} with two different continuations; pick another script")
+        chain += route
     return chain, successors
 
 

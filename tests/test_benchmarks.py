@@ -149,6 +149,9 @@ def test_loops(shared: Path) -> None:
     out = bench(shared, "loops.py", "--tiny", "--top", "3")
     assert "| rule (max_span, min_repeats, min_chars, line_repeats) | normal replies cut |" in out
     assert "ours (200, 3, 200, 12):" in out and (shared / "json" / "loops.json").is_file()
+    out = bench(shared, "loops.py", "--map", "--tiny", "--runs", "1", "--tokens", "8")
+    assert "| stop_loops on |" in out and "| stop_loops off |" in out and "rows changed: 0" in out
+    assert "MISSED" not in out and (shared / "json" / "loops_map.json").is_file()
 
 
 def test_offline_start(shared: Path, smollm2_gguf: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from ct2_magics.errors import LlamaError
 from test_batch import WORDS, continuation_model  # noqa: F401 (a fixture)
+from test_endings import mixed_prompts, router_model  # noqa: F401 (a fixture)
 
 distributed = pytest.importorskip("distributed")
 dd = pytest.importorskip("dask.dataframe")
@@ -117,6 +118,21 @@ def test_bad_items_are_none_with_the_same_reasons(llama, client, continuation_mo
         llama.map(["ok", None], cluster=client, errors="raise", max_tokens=4)
     with pytest.raises(LlamaError, match=r"item 1: prompt is \d+ tokens.*the job was stopped"):
         llama.map(["ok", "word " * 200], cluster=client, errors="raise", max_tokens=4)
+
+
+def test_rows_stopped_in_a_loop_on_the_workers_are_reported_as_locally(llama, client, router_model, capsys):
+    llama.load(str(router_model))
+    items, looping = mixed_prompts(12)
+    local = llama.map(items, "{}", temperature=0, max_tokens=300)
+    local_loops = [(e.position, e.reason) for e in llama.last_loops]
+    assert [p for p, _ in local_loops] == looping
+    capsys.readouterr()
+    out = llama.map(items, "{}", cluster=client, partition_size=4, progress=False, temperature=0, max_tokens=300)
+    assert out == local and [(e.position, e.reason) for e in llama.last_loops] == local_loops
+    assert capsys.readouterr().err.startswith("llama.map: 4 of 12 items fell into a loop and were stopped")
+    llama.map(items[:2], "{}", temperature=0, max_tokens=300)
+    lazy = llama.map(dd.from_pandas(pd.Series(items), npartitions=2), "{}", temperature=0, max_tokens=300)
+    assert llama.last_loops == [] and lazy.compute().tolist() == local  # a lazy job stops them, reports none
 
 
 def test_wrong_arguments_are_one_line(llama, client):

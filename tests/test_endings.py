@@ -108,3 +108,102 @@ def test_smollm2_greedy_loops_are_stopped_long_before_max_tokens(llama, smollm2_
     assert len(looped) >= 2, [(r.status, r.text[-80:]) for r in replies]
     assert all(r.stats.reply_tokens < 256 for r in looped)
     assert all(r.status in ("complete", "looping") for r in replies)  # none ran on to the 512-token limit
+
+
+# -- generate and map: each row watched as it is written -----------------------------------------------------------
+
+ONCE, FOREVER = "\nSay it once:", "\nSay it forever:"
+ANSWER = "Rome is the capital of Italy."
+
+
+@pytest.fixture(scope="module")
+def router_model(tmp_path_factory):
+    """A tiny real model whose reply depends on how the prompt ends: ANSWER then the end of its turn after ONCE,
+    LOOP over and over, never ending, after FOREVER."""
+    from parrot import build_router
+
+    return build_router(tmp_path_factory.mktemp("router") / "model", {ONCE: (ANSWER, False), FOREVER: (LOOP, True)})
+
+
+def mixed_prompts(n: int) -> tuple[list[str], list[int]]:
+    """n prompts of several lengths, every third one looping; and the positions of those."""
+    prompts = [f"Question {'about Italy ' * (i % 4)}{i}.{FOREVER if i % 3 == 0 else ONCE}" for i in range(n)]
+    return prompts, [i for i in range(n) if i % 3 == 0]
+
+
+def tokens(llama, text: str) -> int:
+    return len(llama.tokenizer.encode(text, add_special_tokens=False))
+
+
+def test_generate_stops_the_rows_that_loop_and_says_so_in_one_line(llama, router_model, capsys):
+    llama.load(str(router_model))
+    prompts, looping = mixed_prompts(14)
+    capsys.readouterr()
+    # batch_size 3: several chunks, each split between the batch workers, so a row is watched at its own index.
+    stopped = llama.generate(prompts, temperature=0, max_tokens=300, batch_size=3, progress=False)
+    err = capsys.readouterr().err
+    assert [e.position for e in llama.last_loops] == looping and llama.last_errors == []
+    assert all(e.label == e.position and "fell into a loop" in e.reason for e in llama.last_loops)
+    assert err.count("\n") == 1 and err.startswith("llama.generate: 5 of 14 items fell into a loop and were stopped "
+                                                   "(items 0, 3, 6 and 2 more)")
+    for i, reply in enumerate(stopped):
+        if i in looping:
+            assert reply.startswith(LOOP * 3) and tokens(llama, reply) < 150  # of the 300 it would run to
+        else:
+            assert reply == ANSWER
+    # What a stopped row keeps is what a streamed reply keeps: the text up to where the loop was seen.
+    reply = llama.stream(prompts[0], once=True, temperature=0, max_tokens=300)
+    assert reply.consume() == stopped[0] and reply.status == "looping"
+
+    llama.settings.stop_loops = False  # for replies that should repeat: every row runs on, nothing is said
+    ran_on = llama.generate(prompts, temperature=0, max_tokens=300, batch_size=3, progress=False)
+    assert llama.last_loops == [] and capsys.readouterr().err == ""
+    for i, (whole, cut) in enumerate(zip(ran_on, stopped)):
+        if i in looping:
+            assert whole.startswith(cut) and tokens(llama, whole) == 300
+        else:
+            assert whole == cut == ANSWER  # rows that never loop are the same either way
+
+
+def test_map_reports_stopped_rows_by_label_and_errors_ignore_keeps_quiet(llama, router_model, capsys):
+    pd = pytest.importorskip("pandas")
+    llama.load(str(router_model))
+    series = pd.Series([ONCE.strip(), FOREVER.strip(), None, ONCE.strip()], index=["a", "b", "c", "d"])
+    capsys.readouterr()
+    out = llama.map(series, "Question.\n{}", temperature=0, max_tokens=300)
+    assert out["a"] == out["d"] == ANSWER and out["b"].startswith(LOOP * 3) and out["c"] is None
+    assert [(e.label, e.position) for e in llama.last_loops] == [("b", 1)]
+    assert [e.label for e in llama.last_errors] == ["c"]  # a stopped row is not a failure
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "1 of 4 items failed" in err[0]
+    assert err[1].startswith("llama.map: 1 of 4 items fell into a loop and was stopped (item 'b')")
+    llama.map(series, "Question.\n{}", temperature=0, max_tokens=300, errors="ignore")
+    assert [e.label for e in llama.last_loops] == ["b"] and capsys.readouterr().err == ""
+
+
+def test_schema_rows_are_never_stopped_as_loops(llama, looping_model):
+    """A schema's JSON must end: its rows run to the end or to max_tokens, however much they repeat."""
+    llama.load(str(looping_model))
+    reply = llama.stream("Italy?", once=True, temperature=0, max_tokens=300, schema={"type": "string"})
+    text = reply.consume()
+    assert reply.status == "cut" and LoopWatch().feed(text)  # it repeats itself, and runs on to max_tokens
+    assert llama.generate(["Italy?"], temperature=0, max_tokens=300, schema={"type": "string"}) == [None]
+    assert llama.last_loops == [] and "max_tokens (300) ran out" in llama.last_errors[0].reason
+
+
+@pytest.mark.slow
+def test_smollm2_map_stops_its_loops_and_leaves_the_other_rows_alone(llama, smollm2_float32):
+    """On smollm2 in float32 (same greedy replies on every CPU): rows that loop stop early, the rest are unchanged."""
+    llama.load(str(smollm2_float32))
+    prompts = ["What is the capital of Italy?", "Write a short poem about the sea.", "Who wrote Romeo and Juliet?",
+               "Make a table with two columns, animal and sound, for four animals.", "What is the capital of France?"]
+    on = llama.map(prompts, temperature=0, max_tokens=256)
+    looped = [e.position for e in llama.last_loops]
+    llama.settings.stop_loops = False
+    off = llama.map(prompts, temperature=0, max_tokens=256)
+    assert len(looped) >= 2, [r[-80:] for r in off]
+    for i, (a, b) in enumerate(zip(on, off)):
+        if i in looped:
+            assert b.startswith(a) and tokens(llama, a) < 200 and tokens(llama, b) >= 250
+        else:
+            assert a == b

@@ -27,6 +27,7 @@ def run(session: Context, client: Any, items: Any, job: Job, *, partition_size: 
     rows = Rows(items, job.template, what="llama.map", noun="items")
     size = whole_number(job.batch_size * BATCHES_PER_PARTITION if partition_size is None else partition_size,
                         "partition_size")
+    session.last_loops = rows.loops
     try:
         rows.refused(errors)
     finally:
@@ -42,9 +43,11 @@ def run(session: Context, client: Any, items: Any, job: Job, *, partition_size: 
         index = {future.key: i for i, future in enumerate(futures)}
         for future in distributed.as_completed(futures):
             part = parts[index[future.key]]
-            replies, failed = _result(future, distributed)
+            replies, failed, looped = _result(future, distributed)
             for pos, reply in zip(part, replies):
                 rows.replies[pos] = reply
+            for q, reason in looped:
+                rows.looped(part[q], reason)
             new = [rows.fail(part[q], reason) for q, reason in failed]
             if new and errors == "raise":
                 session.last_errors = new
@@ -61,7 +64,7 @@ def run(session: Context, client: Any, items: Any, job: Job, *, partition_size: 
     return result
 
 
-def _result(future: Any, distributed: Any) -> tuple[list[str | None], list[tuple[int, str]]]:
+def _result(future: Any, distributed: Any) -> tuple[list[str | None], list[tuple[int, str]], list[tuple[int, str]]]:
     try:
         return future.result()
     except LlamaError as e:  # raised on a worker: its one line, without the remote traceback

@@ -177,8 +177,9 @@ async def load_report(dask_worker: Any) -> str | None:
     return await plugin.wait()
 
 
-def answer(values: list[Any], job: Job) -> tuple[list[str | None], list[tuple[int, str]]]:
-    """Replies to one partition through its session's own llama.map, and (position, reason) for each failed item."""
+def answer(values: list[Any], job: Job) -> tuple[list[str | None], list[tuple[int, str]], list[tuple[int, str]]]:
+    """Replies to one partition through its session's own llama.map, and (position, reason) for each failed item and
+    for each reply stopped in a loop."""
     worker = _current_worker()
     settings: dict[str, Any] = {}
     if worker is None:  # the session the job was made from: its model and settings are the job's
@@ -204,14 +205,15 @@ def answer(values: list[Any], job: Job) -> tuple[list[str | None], list[tuple[in
         replies = session.map(values, job.template, system=job.system, batch_size=job.batch_size, errors="ignore",
                               **job.options)
         failures = [(e.position, e.reason) for e in session.last_errors]
-    return replies, failures
+        loops = [(e.position, e.reason) for e in session.last_loops]
+    return replies, failures, loops
 
 
 def answer_series(part: Any, job: Job, token: str, partition_info: dict | None = None) -> Any:
     """One partition of a Dask Series: a pandas Series on the partition's own index; failures reported to the client."""
     import pandas as pd
 
-    replies, failures = answer(part.tolist(), job)
+    replies, failures, _loops = answer(part.tolist(), job)  # a lazy job reports failures only
     if failures:
         number = (partition_info or {}).get("number", 0)
         report = [(number, pos, part.index[pos], reason) for pos, reason in failures]

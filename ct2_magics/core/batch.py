@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ct2_magics.core.choices import Picker
 from ct2_magics.core.choices import checked as checked_choices
 from ct2_magics.core.context import Context
-from ct2_magics.core.items import Progress, Rows, Silent, check_errors_mode, summary, whole_number
+from ct2_magics.core.items import Progress, Rows, Silent, check_errors_mode, loop_reason, summary, whole_number
 from ct2_magics.core.options import Sampling, check_options, resolve
 from ct2_magics.core.owner import Stopped, Use
 from ct2_magics.core.planning import prompt_budget
@@ -88,7 +88,7 @@ def run(session: Context, rows: Rows, *, system: str | None, batch_size: int | N
         schema = as_schema(schema)
     result = (rows.result if pick is None and schema is None
               else (lambda: pick.result(rows)) if pick is not None else (lambda: shaped(rows, schema)))
-    session.last_errors = []
+    session.last_errors, session.last_loops = [], rows.loops
     if not len(rows):
         return result()
     engine = session.ensure_engine()
@@ -123,7 +123,10 @@ def run(session: Context, rows: Rows, *, system: str | None, batch_size: int | N
     chunks = [order[i:i + step] for i in range(0, len(order), step)]
     progress = progress or Silent()
     progress.start(len(order), "prompt", long=len(chunks) > 1)
-    job = _Job(session, engine, sampling, progress, schema) if pick is None else pick.job(session, engine, progress)
+    # A reply that falls into a loop is stopped there, as a streamed one is (never a schema's: its JSON must end).
+    on_loop = (lambda pos, span: rows.looped(pos, loop_reason(span))) if session.settings.stop_loops else None
+    job = (_Job(session, engine, sampling, progress, schema, on_loop) if pick is None
+           else pick.job(session, engine, progress))
     done = 0
     try:
         for chunk in chunks:
@@ -149,8 +152,10 @@ def run(session: Context, rows: Rows, *, system: str | None, batch_size: int | N
 class _Job:
     """The chunks of one generate/map call, each in its own turn on the model the prompts were encoded for."""
 
-    def __init__(self, session: Context, engine: Any, sampling: Sampling, progress: Progress, schema: Any = None) -> None:
+    def __init__(self, session: Context, engine: Any, sampling: Sampling, progress: Progress, schema: Any = None,
+                 on_loop: Callable[[int, str], None] | None = None) -> None:
         self.session, self.engine, self.sampling, self.progress, self.schema = session, engine, sampling, progress, schema
+        self.on_loop = on_loop if schema is None else None  # told (position, repeated span) of each reply stopped in a loop
         self.stop = threading.Event()  # set by stop_all, unload, load, and a kernel interrupt
 
     def run(self, prompts: list[list[int]], positions: list[int]) -> list[tuple[int, str | None, str | None]]:
@@ -160,8 +165,9 @@ class _Job:
             with self.session.owner.turn(Use(self.stop), waiting) as engine:
                 if engine is not self.engine:
                     raise LlamaError("Another model was loaded while the job ran; rerun it.")
+                loops: dict[int, str] = {}  # index in prompts -> the repeated span, when on_loop is set
                 try:
-                    replies = self._decode(engine, prompts)
+                    replies = self._decode(engine, prompts, None if self.on_loop is None else loops)
                 except RuntimeError as e:  # e.g. out of memory on a GPU: one prompt failing must not lose the others
                     if len(prompts) == 1:
                         return [(positions[0], None, f"generation failed ({first_line(e)})")]
@@ -169,12 +175,15 @@ class _Job:
                 if self.stop.is_set():
                     raise Stopped()
                 if replies is not None:  # a schema reply without a value comes back as why (a str)
+                    if self.on_loop is not None:
+                        for i, span in loops.items():
+                            self.on_loop(positions[i], span)
                     return [(p, None, r) if isinstance(r, str) else (p, engine.decode(r), None) for p, r in zip(positions, replies)]
         except Stopped:
             raise LlamaError("The job was stopped (the model was unloaded or replaced); rerun it.") from None
         return [r for one, p in zip(prompts, positions) for r in self.run([one], [p])]
 
-    def _decode(self, engine: Any, prompts: list[list[int]]) -> list[list[int]]:
+    def _decode(self, engine: Any, prompts: list[list[int]], loops: dict[int, str] | None) -> list[list[int]]:
         """engine.generate_batch on a thread of its own: this thread looks up every POLL_S, so a kernel interrupt
         lands within that and stops every sequence of the running batch within a step."""
         out: dict[str, Any] = {}
@@ -182,7 +191,7 @@ class _Job:
         def work() -> None:
             try:
                 if self.schema is None:
-                    out["replies"] = engine.generate_batch(prompts, self.sampling, self.stop)
+                    out["replies"] = engine.generate_batch(prompts, self.sampling, self.stop, loops)
                 else:
                     from ct2_magics.core.schema_runs import generate_batch
 

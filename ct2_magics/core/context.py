@@ -20,6 +20,7 @@ class Context(Protocol):
     chats: Chats
     owner: ModelOwner
     last_errors: list[Any]
+    last_loops: list[Any]
     last_result: Any
     notify: Callable[[str], None]
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ct2_magics.core.loops import BatchWatch
 from ct2_magics.core.options import Sampling
 from ct2_magics.models.quiet import quiet_libraries
 
@@ -160,8 +161,14 @@ class Decoding:
                 self.batch_workers = 1
         return self._batcher or self.generator
 
-    def generate_batch(self, prompts: list[list[int]], sampling: Sampling, stop: threading.Event) -> list[list[int]]:
-        """Reply token ids for independent prompts, decoded together, in input order; `stop` ends them within a step."""
+    def generate_batch(self, prompts: list[list[int]], sampling: Sampling, stop: threading.Event,
+                       loops: dict[int, str] | None = None) -> list[list[int]]:
+        """Reply token ids for independent prompts, decoded together, in input order; `stop` ends them within a step.
+
+        loops: when given, each reply is watched as it is written (core/loops.py) and stopped once it falls into a
+        loop, keeping its text up to there as a streamed reply does; each reply stopped so is added to it, by its
+        index in `prompts`, with the repeated span.
+        """
         import ctranslate2
 
         if sampling.seed is not None:
@@ -177,14 +184,31 @@ class Decoding:
         # One batch per worker; CTranslate2 runs them at once and returns the results in input order. Should the
         # workers fail to load, the same batches take turns on the loaded Generator (same batches, same replies).
         per_batch = math.ceil(len(tokens) / self.batch_workers)
+        end_ids = set(self.tokenizer.convert_tokens_to_ids(self.end_tokens))
+        watch = None if loops is None else BatchWatch(len(prompts), lambda: IncrementalDecoder(self.tokenizer).step, end_ids)
+        errors: list[BaseException] = []
+
+        def callback(step: Any) -> bool:  # on CTranslate2's thread: an error there is handed back, never lost
+            try:
+                return stop.is_set() or (watch is not None and watch(step))
+            except BaseException as e:
+                errors.append(e)
+                return True
+
         results = generator.generate_batch(
             tokens, max_batch_size=per_batch, end_token=self.end_tokens, include_prompt_in_result=False,
-            callback=lambda _step: stop.is_set(), **static, **sampling.to_ct2(self.vocabulary_size),
+            callback=callback, **static, **sampling.to_ct2(self.vocabulary_size),
         )
+        if errors:
+            raise errors[0]
         if static.get("cache_static_prompt"):
             self.prefixes.mark_ready(prefix, place, hit=hit)
-        end_ids = set(self.tokenizer.convert_tokens_to_ids(self.end_tokens))
-        return [[i for i in r.sequences_ids[0] if i not in end_ids] for r in results]
+        replies = [[i for i in r.sequences_ids[0] if i not in end_ids] for r in results]
+        if watch is not None and loops is not None:
+            for row, (kept, span) in watch.stopped.items():
+                replies[row] = replies[row][:kept]  # the tokens the watch read, whether or not CTranslate2 kept its last
+                loops[row] = span
+        return replies
 
     def decode(self, ids: list[int]) -> str:
         with quiet_libraries():  # e.g. the clean_up_tokenization_spaces notice, on a model's first decode

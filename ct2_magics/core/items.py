@@ -20,7 +20,8 @@ ERROR_MODES = ("warn", "raise", "ignore")
 
 @dataclass(frozen=True)
 class ItemError:
-    """Why one item got no result: its position, its label (the Series index, else the position) and the reason."""
+    """Why one item got no result (or, in last_loops, why its reply was stopped early): its position, its label (the
+    Series index, else the position) and the reason."""
 
     position: int
     label: Any
@@ -181,6 +182,7 @@ class Rows:
         self.prompts, self.problems = prompts_of(self.values, self.fill)
         self.replies: list[str | None] = [None] * len(self.values)
         self.failures: list[ItemError] = []
+        self.loops: list[ItemError] = []  # replies stopped in a loop (core/loops.py): kept up to there, not failures
 
     def __len__(self) -> int:
         return len(self.values)
@@ -189,6 +191,10 @@ class Rows:
         error = ItemError(position, self.labels[position], reason)
         self.failures.append(error)
         return error
+
+    def looped(self, position: int, reason: str) -> None:
+        """Mark that the reply at `position` fell into a loop and was stopped (loop_reason(span) says how)."""
+        self.loops.append(ItemError(position, self.labels[position], reason))
 
     def refused(self, errors: str) -> None:
         """With errors='raise', LlamaError for the items that cannot be asked, before anything is generated."""
@@ -199,6 +205,7 @@ class Rows:
     def result(self) -> Any:
         """The replies in the input's shape: a list, or a Series on the input's index."""
         self.failures.sort(key=lambda f: f.position)
+        self.loops.sort(key=lambda f: f.position)
         if self.series is None:
             return list(self.replies)
         pd = sys.modules["pandas"]
@@ -212,3 +219,19 @@ def summary(failures: list[ItemError], total: int, raised: bool = False) -> str:
     if raised:
         return f"{len(failures)} of {total} items cannot be answered ({shown}{more}); nothing was generated."
     return f"{len(failures)} of {total} items failed and are None ({shown}{more}); details in llama.last_errors."
+
+
+def loop_reason(span: str) -> str:
+    """Why a reply was stopped early, naming the span it repeated (shortened)."""
+    shown = span if len(span) <= 30 else span[:27] + "..."
+    return f"fell into a loop ({shown!r} over and over) and was stopped"
+
+
+def loop_summary(loops: list[ItemError], total: int) -> str:
+    """One line about the replies stopped in a loop."""
+    shown = ", ".join(repr(f.label) for f in loops[:3]) + (f" and {len(loops) - 3} more" if len(loops) > 3 else "")
+    many = len(loops) > 1
+    return (f"{len(loops)} of {total} items fell into a loop and {'were' if many else 'was'} stopped "
+            f"(item{'s' * many} {shown}); "
+            "each keeps its text up to the loop; details in llama.last_loops (LlamaSettings.stop_loops = False lets "
+            "them run on).")

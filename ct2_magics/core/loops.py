@@ -11,6 +11,9 @@ set it: no repetition penalty is added to every reply.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 MAX_SPAN = 200  # characters in the repeated span: a sentence or a table row, not a paragraph
 MIN_REPEATS = 3  # back-to-back copies of the span at the end of the reply
 MIN_CHARS = 200  # characters the copies cover together: "=====" or a poem's refrain are not loops
@@ -60,3 +63,32 @@ class LoopWatch:
             if need <= len(tail) and tail[-(need - period):] == tail[-need:-period]:
                 return tail[-period:]
         return None
+
+
+class BatchWatch:
+    """One LoopWatch per reply of a batch, fed by CTranslate2's generate_batch callback: call it with each step; True
+    (which stops that reply) once the reply has fallen into a loop, or had before.
+
+    decoder() makes a reply's token -> text-piece function (pieces as a streamed reply gets them); end_ids are not text.
+    It runs on CTranslate2's thread with the GIL held: a decoder step and a few `str.rfind` per token.
+    """
+
+    def __init__(self, rows: int, decoder: Callable[[], Callable[[int], str]], end_ids: set[int]) -> None:
+        self._pieces = [decoder() for _ in range(rows)]
+        self._watches = [LoopWatch() for _ in range(rows)]
+        self._tokens = [0] * rows
+        self._end = end_ids
+        self.stopped: dict[int, tuple[int, str]] = {}  # row -> (its tokens up to the loop's end, the repeated span)
+
+    def __call__(self, step: Any) -> bool:
+        row = step.batch_id
+        if row in self.stopped:
+            return True
+        if step.token_id in self._end:
+            return False
+        self._tokens[row] += 1
+        watch = self._watches[row]
+        if watch.feed(self._pieces[row](step.token_id)):
+            self.stopped[row] = (self._tokens[row], watch.span or "")
+            return True
+        return False

@@ -35,6 +35,7 @@ class Session:
         self.chats = Chats(default_system=lambda: self.settings.system)
         self._load_lock = threading.RLock()
         self.last_errors: list[Any] = []  # per-item failures of the last generate/map
+        self.last_loops: list[Any] = []  # items of the last generate/map whose replies were stopped in a loop
         self.last_result: Any = None  # what an interrupted generate/map had answered
         self.notify: Callable[[str], None] = lambda line: None  # one-line notices; the magics set a printer
         self.idle_error: str | None = None  # why the last idle-time prefill failed, for status()
