@@ -85,6 +85,22 @@ def test_readme_first_command_in_a_fresh_venv_answers_offline(tmp_path):
     _check(_run_quickstart(py, env, tmp_path))
 
 
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[; ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+@pytest.mark.parametrize("extra", [None, "notebooks"])
+def test_binder_requirements_hold_every_dependency_of_the_package(extra):
+    """postBuild installs the package with --no-deps, so the requirements file must name each dependency itself."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = {_name(r) for r in (project["dependencies"] if extra is None else project["optional-dependencies"][extra])}
+    lines = (ROOT / "binder" / "requirements.txt").read_text().splitlines()
+    listed = {_name(line) for line in lines if line.strip() and not line.startswith("#")}
+    assert needed <= listed, f"missing from binder/requirements.txt: {sorted(needed - listed)}"
+
+
 def test_binder_requirements_install_in_a_fresh_venv_and_quickstart_runs(tmp_path):
     py, env = _venv(tmp_path)
     pip = [str(py), "-m", "pip", "install", "-q", "--progress-bar", "off"]
