@@ -4,88 +4,36 @@ values: a dict or an instance, a list, or a table with one typed column per top-
 from __future__ import annotations
 
 import json
-import queue
 import threading
-import time
-from collections.abc import Iterator
 from typing import Any
 
 from ct2_magics.core.constrained import Reply, decode, failure
-from ct2_magics.core.decoding import IncrementalDecoder, Stats
+from ct2_magics.core.decoding import Stats
 from ct2_magics.core.options import Sampling
 from ct2_magics.core.schema import Schema
+from ct2_magics.core.worker_stream import WorkerStream
 from ct2_magics.errors import LlamaError
 
-POLL_S = 0.05  # how often the reading thread looks up: a kernel interrupt lands within this
 
-
-class SchemaStream:
+class SchemaStream(WorkerStream):
     """Text pieces of one schema reply as they are written (decoded on a worker thread); `problem` says, once it has
     ended, why it holds no value (None: its JSON is complete)."""
 
+    thread_name = "ct2-magics schema reply"
+
     def __init__(self, engine: Any, schema: Schema, prompt_ids: list[int], sampling: Sampling, stats: Stats,
                  stop: threading.Event, *, split: int = 0) -> None:
-        self.engine, self.sampling, self.stats, self.stop, self.split = engine, sampling, stats, stop, split
+        self.sampling, self.split = sampling, split
         self.problem: str | None = "the reply was stopped before its JSON was complete, so there is no value"
-        self._tokens: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-        self.reply = Reply(engine, schema, prompt_ids, sampling.max_tokens, on_token=self._tokens.put)
-        self._pieces = self._run()
+        super().__init__(engine, prompt_ids, stats, stop)
+        self.reply = Reply(engine, schema, prompt_ids, sampling.max_tokens, on_token=self.put)
 
-    def __iter__(self) -> SchemaStream:
-        return self
+    def work(self) -> None:
+        decode(self.engine, [self.reply], self.sampling, self.stop, split=self.split)
 
-    def __next__(self) -> str:
-        return next(self._pieces)
-
-    def close(self) -> None:
-        self._pieces.close()
-
-    def _run(self) -> Iterator[str]:
-        stats, reply = self.stats, self.reply
-        stats.prompt_tokens, stats.started = len(reply.prompt), time.perf_counter()
-        text = IncrementalDecoder(self.engine.tokenizer)
-        out: dict[str, BaseException] = {}
-
-        def work() -> None:
-            try:
-                decode(self.engine, [reply], self.sampling, self.stop, split=self.split)
-            except BaseException as e:  # handed to the reading thread
-                out["error"] = e
-            finally:
-                self._tokens.put(None)
-
-        worker = threading.Thread(target=work, name="ct2-magics schema reply", daemon=True)
-        worker.start()
-        try:
-            while True:
-                try:
-                    token = self._tokens.get(timeout=POLL_S)
-                except queue.Empty:
-                    continue
-                if token is None:
-                    break
-                stats.reply_tokens += 1
-                stats.elapsed_s = time.perf_counter() - stats.started
-                stats.first_token_s = stats.first_token_s or stats.elapsed_s
-                piece = text.step(token)
-                if piece:
-                    yield piece
-            worker.join()
-            if "error" in out:
-                raise out["error"]
-            self.problem = failure(reply, self.sampling.max_tokens)
-            stats.finish = {"complete": "stop", "failed": "stop", "length": "length"}.get(reply.state, "interrupted")
-        except BaseException:
-            stats.finish = "interrupted"
-            raise
-        finally:
-            self.stop.set()
-            while worker.is_alive():  # decoding stops within a step; a second interrupt must not leave it running
-                try:
-                    worker.join()
-                except KeyboardInterrupt:
-                    pass
-            stats.elapsed_s = time.perf_counter() - stats.started
+    def finish(self) -> str:
+        self.problem = failure(self.reply, self.sampling.max_tokens)
+        return {"complete": "stop", "failed": "stop", "length": "length"}.get(self.reply.state, "interrupted")
 
 
 def generate_batch(engine: Any, prompts: list[list[int]], sampling: Sampling, stop: threading.Event,

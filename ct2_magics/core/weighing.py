@@ -11,22 +11,19 @@ decodes in rounds of at most ROUND_LOGITS_BYTES of them, each round re-reading t
 
 from __future__ import annotations
 
-import queue
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ct2_magics.core.constrained import ROUND_LOGITS_BYTES, ct2_prompts, sampler_keeps
-from ct2_magics.core.decoding import IncrementalDecoder, Stats
+from ct2_magics.core.decoding import Stats
 from ct2_magics.core.options import Sampling
+from ct2_magics.core.worker_stream import WorkerStream
 from ct2_magics.errors import LlamaError
 
 MAX_ALTERNATIVES = 20  # the most alternatives a step keeps: a tooltip's worth
-POLL_S = 0.05  # how often the reading thread looks up: a kernel interrupt lands within this
 
 
 @dataclass(frozen=True)
@@ -122,33 +119,27 @@ class TokenTexts:
         return both[len(head):] if both.startswith(head) else self._decode([token])
 
 
-class ProbStream:
+class ProbStream(WorkerStream):
     """Text pieces of one reply as they are written, each token's TokenProb appended to `tokens` (decoded on a worker
     thread: generate_batch's callback reduces each step to its top K)."""
 
+    thread_name = "ct2-magics reply with probabilities"
+
     def __init__(self, engine: Any, prompt_ids: list[int], sampling: Sampling, stats: Stats, stop: threading.Event,
                  k: int, tokens: list[TokenProb], *, split: int = 0) -> None:
-        self.engine, self.prompt, self.sampling, self.stats, self.stop = engine, prompt_ids, sampling, stats, stop
-        self.k, self.tokens, self.split = k, tokens, split
-        self._steps: queue.SimpleQueue[tuple[int, float, np.ndarray, np.ndarray] | None] = queue.SimpleQueue()
-        self._pieces = self._run()
+        self.sampling, self.k, self.tokens, self.split = sampling, k, tokens, split
+        self.names = TokenTexts(engine)
+        self.ended = False
+        self._before: int | None = None
+        super().__init__(engine, prompt_ids, stats, stop)
 
-    def __iter__(self) -> ProbStream:
-        return self
-
-    def __next__(self) -> str:
-        return next(self._pieces)
-
-    def close(self) -> None:
-        self._pieces.close()
-
-    def _decode(self, out: dict[str, Any]) -> None:
-        """Worker thread: rounds of generate_batch until the reply ends, max_tokens runs out, or `stop` is set."""
+    def work(self) -> None:
+        """Rounds of generate_batch until the reply ends, max_tokens runs out, or `stop` is set."""
         import ctranslate2
 
         engine, sampling, vocabulary = self.engine, self.sampling, self.engine.vocabulary_size
-        ends = set(engine.tokenizer.convert_tokens_to_ids(engine.end_tokens))
         reply: list[int] = []
+        errors: list[BaseException] = []
 
         def on_step(step: Any) -> bool:  # CTranslate2's thread: an error is handed back, never lost
             try:
@@ -157,21 +148,21 @@ class ProbStream:
                 probs = probabilities(host_row(step.logits, vocabulary))
                 ids, chances = top(probs, self.k)
                 token = int(step.token_id)
-                self._steps.put((token, float(probs[token]) if token < probs.size else 0.0, ids, chances))
-                if token in ends:
-                    out["ended"] = True
+                self.put((token, float(probs[token]) if token < probs.size else 0.0, ids, chances))
+                if token in self.names.ends:
+                    self.ended = True
                     return True
                 reply.append(token)
                 return False
             except BaseException as e:
-                out["error"] = e
+                errors.append(e)
                 return True
 
         if sampling.seed is not None:
             ctranslate2.set_random_seed(sampling.seed)
         options = {k: v for k, v in sampling.to_ct2(vocabulary).items() if k != "max_length"}
         per_round = max(16, ROUND_LOGITS_BYTES // (vocabulary * 4))
-        while not self.stop.is_set() and "ended" not in out and "error" not in out and len(reply) < sampling.max_tokens:
+        while not (self.stop.is_set() or self.ended or errors) and len(reply) < sampling.max_tokens:
             tokens, static = ct2_prompts(engine, [self.prompt + reply], self.split)
             steps = min(per_round, sampling.max_tokens - len(reply))
             results = engine.generator.generate_batch(
@@ -180,63 +171,23 @@ class ProbStream:
             if static.get("cache_static_prompt"):
                 engine.prefixes.mark_ready(self.prompt[:len(static["static_prompt"])])
             if len(results[0].sequences_ids[0]) < steps and not self.stop.is_set():
-                out["ended"] = True  # a round shorter than asked, not stopped: the model ended the reply
+                self.ended = True  # a round shorter than asked, not stopped: the model ended the reply
             del results
+        if errors:
+            raise errors[0]
 
-    def _run(self) -> Iterator[str]:
-        stats = self.stats
-        stats.prompt_tokens, stats.started = len(self.prompt), time.perf_counter()
-        text = IncrementalDecoder(self.engine.tokenizer)
-        names = TokenTexts(self.engine)
-        out: dict[str, Any] = {}
+    def token(self, step: Any) -> int | None:
+        return None if step[0] in self.names.ends else step[0]
 
-        def work() -> None:
-            try:
-                self._decode(out)
-            except BaseException as e:  # handed to the reading thread
-                out.setdefault("error", e)
-            finally:
-                self._steps.put(None)
+    def took(self, step: Any, piece: str) -> None:
+        token, prob, ids, chances = step
+        alternatives = tuple((self.names.text(int(i), self._before), float(p)) for i, p in zip(ids, chances))
+        where = np.flatnonzero(ids == token)
+        self.tokens.append(TokenProb(piece, prob, alternatives, int(where[0]) if where.size else None))
+        self._before = token
 
-        worker = threading.Thread(target=work, name="ct2-magics reply with probabilities", daemon=True)
-        worker.start()
-        before: int | None = None
-        try:
-            while True:
-                try:
-                    step = self._steps.get(timeout=POLL_S)
-                except queue.Empty:
-                    continue
-                if step is None:
-                    break
-                token, prob, ids, chances = step
-                if token in names.ends:
-                    continue
-                stats.reply_tokens += 1
-                stats.elapsed_s = time.perf_counter() - stats.started
-                stats.first_token_s = stats.first_token_s or stats.elapsed_s
-                piece = text.step(token)
-                alternatives = tuple((names.text(int(i), before), float(p)) for i, p in zip(ids, chances))
-                where = np.flatnonzero(ids == token)
-                self.tokens.append(TokenProb(piece, prob, alternatives, int(where[0]) if where.size else None))
-                before = token
-                if piece:
-                    yield piece
-            worker.join()
-            if "error" in out:
-                raise out["error"]
-            stats.finish = "interrupted" if self.stop.is_set() else "stop" if out.get("ended") else "length"
-        except BaseException:
-            stats.finish = "interrupted"
-            raise
-        finally:
-            self.stop.set()
-            while worker.is_alive():  # decoding stops within a step; a second interrupt must not leave it running
-                try:
-                    worker.join()
-                except KeyboardInterrupt:
-                    pass
-            stats.elapsed_s = time.perf_counter() - stats.started
+    def finish(self) -> str:
+        return "interrupted" if self.stop.is_set() else "stop" if self.ended else "length"
 
 
 def next_distribution(engine: Any, prompt_ids: list[int], split: int = 0) -> np.ndarray:
