@@ -10,11 +10,11 @@ from ct2_magics.core.choices import Picker
 from ct2_magics.core.choices import checked as checked_choices
 from ct2_magics.core.context import Context
 from ct2_magics.core.items import Progress, Rows, Silent, check_errors_mode, loop_reason, summary, whole_number
+from ct2_magics.core.jobs import Job
 from ct2_magics.core.options import Sampling, check_options, resolve
-from ct2_magics.core.owner import Stopped, Use
 from ct2_magics.core.planning import prompt_budget
 from ct2_magics.core.prefill import share
-from ct2_magics.errors import LlamaError, LlamaInterrupted, check_text, first_line
+from ct2_magics.errors import LlamaError, LlamaInterrupted, check_text
 
 # How often the kernel's main thread looks up from a running batch: a kernel interrupt takes effect this soon.
 POLL_S = 0.05
@@ -149,39 +149,23 @@ def run(session: Context, rows: Rows, *, system: str | None, batch_size: int | N
     return result()
 
 
-class _Job:
-    """The chunks of one generate/map call, each in its own turn on the model the prompts were encoded for."""
+class _Job(Job):
+    """Free or schema replies for the chunks of one generate/map call."""
 
     def __init__(self, session: Context, engine: Any, sampling: Sampling, progress: Progress, schema: Any = None,
                  on_loop: Callable[[int, str], None] | None = None) -> None:
-        self.session, self.engine, self.sampling, self.progress, self.schema = session, engine, sampling, progress, schema
+        super().__init__(session, engine, progress)
+        self.sampling, self.schema = sampling, schema
         self.on_loop = on_loop if schema is None else None  # told (position, repeated span) of each reply stopped in a loop
-        self.stop = threading.Event()  # set by stop_all, unload, load, and a kernel interrupt
 
-    def run(self, prompts: list[list[int]], positions: list[int]) -> list[tuple[int, str | None, str | None]]:
-        """(position, reply, None) for each prompt, or (position, None, why) for one that failed."""
-        waiting = lambda waited: self.progress.note("waiting for the model" if waited else "")  # noqa: E731
-        try:
-            with self.session.owner.turn(Use(self.stop), waiting) as engine:
-                if engine is not self.engine:
-                    raise LlamaError("Another model was loaded while the job ran; rerun it.")
-                loops: dict[int, str] = {}  # index in prompts -> the repeated span, when on_loop is set
-                try:
-                    replies = self._decode(engine, prompts, None if self.on_loop is None else loops)
-                except RuntimeError as e:  # e.g. out of memory on a GPU: one prompt failing must not lose the others
-                    if len(prompts) == 1:
-                        return [(positions[0], None, f"generation failed ({first_line(e)})")]
-                    replies = None
-                if self.stop.is_set():
-                    raise Stopped()
-                if replies is not None:  # a schema reply without a value comes back as why (a str)
-                    if self.on_loop is not None:
-                        for i, span in loops.items():
-                            self.on_loop(positions[i], span)
-                    return [(p, None, r) if isinstance(r, str) else (p, engine.decode(r), None) for p, r in zip(positions, replies)]
-        except Stopped:
-            raise LlamaError("The job was stopped (the model was unloaded or replaced); rerun it.") from None
-        return [r for one, p in zip(prompts, positions) for r in self.run([one], [p])]
+    def answer(self, engine: Any, prompts: list[list[int]], positions: list[int]) -> list[tuple[int, Any, str | None]]:
+        loops: dict[int, str] = {}  # index in prompts -> the repeated span, when on_loop is set
+        replies = self._decode(engine, prompts, None if self.on_loop is None else loops)
+        if self.on_loop is not None and not self.stop.is_set():
+            for i, span in loops.items():
+                self.on_loop(positions[i], span)
+        # A schema reply without a value comes back as why (a str).
+        return [(p, None, r) if isinstance(r, str) else (p, engine.decode(r), None) for p, r in zip(positions, replies)]
 
     def _decode(self, engine: Any, prompts: list[list[int]], loops: dict[int, str] | None) -> list[list[int]]:
         """engine.generate_batch on a thread of its own: this thread looks up every POLL_S, so a kernel interrupt

@@ -24,10 +24,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from ct2_magics.core.items import Progress, Rows
+from ct2_magics.core.jobs import Job
 from ct2_magics.core.options import spell
 from ct2_magics.core.owner import Stopped, Use
 from ct2_magics.core.response import Response
-from ct2_magics.errors import LlamaError, check_text, first_line
+from ct2_magics.errors import LlamaError, check_text
 
 # Tokens (padding included) in one batch of score_batch: it holds a distribution over the vocabulary for each
 # (smollm2: 49,152 x 4 bytes a token, 25 MB a batch; Llama 3: 66 MB). Measured with smollm2 on 2 cores
@@ -183,31 +184,17 @@ class Picker:
         return table
 
 
-class ChoiceJob:
+class ChoiceJob(Job):
     """The chunks of one generate/map call with choices, each scored in its own turn on the model."""
 
-    def __init__(self, session: Any, engine: Any, ends: list[list[int]], progress: Progress) -> None:
-        self.session, self.engine, self.tails, self.progress = session, engine, ends, progress
-        self.stop = threading.Event()  # set by stop_all, unload, load
+    failed = "scoring failed"
 
-    def run(self, prompts: list[list[int]], positions: list[int]) -> list[tuple[int, list[float] | None, str | None]]:
-        """(position, probabilities, None) for each prompt, or (position, None, why) for one that failed."""
-        waiting = lambda waited: self.progress.note("waiting for the model" if waited else "")  # noqa: E731
-        try:
-            with self.session.owner.turn(Use(self.stop), waiting) as engine:
-                if engine is not self.engine:
-                    raise LlamaError("Another model was loaded while the job ran; rerun it.")
-                try:
-                    scores = score(engine, prompts, self.tails, self.stop)
-                except RuntimeError as e:  # e.g. out of memory: one prompt failing must not lose the others
-                    if len(prompts) == 1:
-                        return [(positions[0], None, f"scoring failed ({first_line(e)})")]
-                    scores = None
-                if scores is not None:
-                    return [(p, normalised(s), None) for p, s in zip(positions, scores)]
-        except Stopped:
-            raise LlamaError("The job was stopped (the model was unloaded or replaced); rerun it.") from None
-        return [r for one, p in zip(prompts, positions) for r in self.run([one], [p])]
+    def __init__(self, session: Any, engine: Any, ends: list[list[int]], progress: Progress) -> None:
+        super().__init__(session, engine, progress)
+        self.tails = ends
+
+    def answer(self, engine: Any, prompts: list[list[int]], positions: list[int]) -> list[tuple[int, Any, str | None]]:
+        return [(p, normalised(s), None) for p, s in zip(positions, score(engine, prompts, self.tails, self.stop))]
 
 
 class ChoiceReply(Response):
