@@ -126,7 +126,7 @@ def one_model(model: str, args, schema, sampling) -> dict:
     prompts = [engine.prompt_ids([{"role": "user", "content": TEMPLATE.format(t)}]) for t in rows(args.rows)]
     tokens = engine.tokenizer.convert_ids_to_tokens
     # Every path on the Generator llama.map uses (a one-thread worker per core for a small model), split the same way.
-    generator, workers = engine._batch_generator(), engine.batch_workers
+    generator, workers = engine.batch_generator(), engine.batch_workers
 
     def stepwise(batch: list[list[int]], forward: bool, static: bool = False) -> list[constrained.Reply]:
         """A and B: one model call per step over prompt + reply so far, the masked argmax of its last position.

@@ -238,7 +238,7 @@ def test_cached_system_block_gives_the_same_scores_as_the_full_prompt(llama):
     messages = [{"role": "system", "content": system}, {"role": "user", "content": "Tell me about tea."}]
     engine.register_system(system)
     ids = engine.prompt_ids(messages)
-    (rest,), static = engine._ct2_prompts([ids])
+    (rest,), static = engine.ct2_inputs([ids])
     assert static and len(rest) < len(ids)
     full = engine.tokenizer.convert_ids_to_tokens(ids)
     a = [(s.token_id, s.log_prob) for s in engine.generator.generate_tokens(full, max_length=12, sampling_topk=1, return_log_prob=True)]

@@ -235,7 +235,7 @@ def decode(engine: Any, replies: list[Reply], sampling: Sampling, stop: threadin
 def ct2_prompts(engine: Any, prompts: list[list[int]], split: int) -> tuple[list[list[str]], dict[str, Any]]:
     """Token strings for CTranslate2 and its static-prompt arguments, cut as the engine cuts a chat or a batch."""
     if not split:
-        return engine._ct2_prompts(prompts)
+        return engine.ct2_inputs(prompts)
     head = prompts[0][:split]
     convert = engine.tokenizer.convert_ids_to_tokens
     return [convert(p[split:]) for p in prompts], {

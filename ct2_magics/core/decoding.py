@@ -89,7 +89,7 @@ class Decoding:
             static = {"static_prompt": self.tokenizer.convert_ids_to_tokens(prompt_ids[:split]),
                       "cache_static_prompt": self.prefixes.enabled and self.prefixes.holds(prompt_ids[:split])}
         else:
-            tokens, static = self._ct2_prompts([prompt_ids])
+            tokens, static = self.ct2_inputs([prompt_ids])
         prefix = prompt_ids[:len(static.get("static_prompt", ()))]
         stats.cached_tokens = len(prefix) if prefix and self.prefixes.ready(prefix) else 0
         hit = stats.cached_tokens > 0
@@ -146,10 +146,10 @@ class Decoding:
 
     @property
     def batch_place(self) -> str:
-        """Which Generator batches run on (see _batch_generator): "batch" for one-thread workers, else "stream"."""
+        """Which Generator batches run on (see batch_generator): "batch" for one-thread workers, else "stream"."""
         return "batch" if self.batch_workers > 1 else "stream"
 
-    def _batch_generator(self) -> Any:
+    def batch_generator(self) -> Any:
         """The Generator batches run on: the streaming one, or (batch_workers > 1) one with a one-thread worker per core."""
         if self.batch_workers > 1 and self._batcher is None:
             import ctranslate2
@@ -173,10 +173,10 @@ class Decoding:
 
         if sampling.seed is not None:
             ctranslate2.set_random_seed(sampling.seed)
-        generator = self._batch_generator()
+        generator = self.batch_generator()
         place = "stream" if generator is self.generator else "batch"
         # Cut at what the call's prompts share (share_prefix) or at a system block, whether it is cached or not.
-        tokens, static = self._ct2_prompts(prompts, place, batch=True)
+        tokens, static = self.ct2_inputs(prompts, place, batch=True)
         prefix = prompts[0][:len(static.get("static_prompt", ()))]
         hit = bool(prefix) and self.prefixes.ready(prefix, place)
         self.prefixes.last_batch = {"static_tokens": len(prefix), "cached": bool(static.get("cache_static_prompt")),
@@ -218,7 +218,7 @@ class Decoding:
         """log P(token | the tokens before it) for every token of each sequence but the first, in input order:
         CTranslate2's score_batch over whole sequences (max_input_length=0), on the batch workers, at most
         `tokens_per_batch` tokens (padding included) in each batch a worker runs."""
-        results = self._batch_generator().score_batch(
+        results = self.batch_generator().score_batch(
             [self.tokenizer.convert_ids_to_tokens(s) for s in sequences], max_batch_size=tokens_per_batch,
             batch_type="tokens", max_input_length=0)
         return [list(r.log_probs) for r in results]

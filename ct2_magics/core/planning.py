@@ -103,7 +103,7 @@ class PromptPlanning:
         """Length of the held prefix (or registered system block) every prompt begins with; 0 when none."""
         return self.prefixes.split(prompts, self._system_blocks.values(), place)
 
-    def _ct2_prompts(self, prompts: list[list[int]], place: str = "stream",
+    def ct2_inputs(self, prompts: list[list[int]], place: str = "stream",
                      batch: bool = False) -> tuple[list[list[str]], dict[str, Any]]:
         """Token strings for CTranslate2, with a shared prefix as its static prompt, cached when the budget allows.
 

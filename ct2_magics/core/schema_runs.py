@@ -40,7 +40,7 @@ def generate_batch(engine: Any, prompts: list[list[int]], sampling: Sampling, st
                    schema: Schema) -> list[list[int] | str]:
     """For each prompt, the reply ids of complete JSON, or why there is none (one line), in input order."""
     replies = [Reply(engine, schema, p, sampling.max_tokens, on_token=lambda token: None) for p in prompts]
-    decode(engine, replies, sampling, stop, generator=engine._batch_generator(), workers=engine.batch_workers)
+    decode(engine, replies, sampling, stop, generator=engine.batch_generator(), workers=engine.batch_workers)
     return [r.ids if r.state == "complete" else (failure(r, sampling.max_tokens) or "") for r in replies]
 
 
