@@ -26,6 +26,10 @@ class Llama:
     def load(self, model: str | None = None, *, device: str | None = None, compute_type: str | None = None,
              revision: str | None = None, file: str | None = None, quantization: str | None = None) -> Engine:
         """Load a model: smollm2, a .gguf file, a model folder, or a Hugging Face repo id (GGUF: file= picks one)."""
+        if self.session.conversion_bar is None:  # from a script: a text bar while a model converts
+            from ct2_magics.notebook.render import layer_bar
+
+            self.session.conversion_bar = layer_bar
         return self.session.load(model, device=device, compute_type=compute_type, revision=revision, file=file,
                                  quantization=quantization)
 

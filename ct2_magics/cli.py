@@ -24,8 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     add_convert_arguments(convert)
-    convert.set_defaults(handler=run_convert)
+    convert.set_defaults(handler=lambda args: run_convert(args, bar=_bar))
     return parser
+
+
+def _bar(description: str, total: int) -> object:
+    from tqdm import tqdm  # text on stderr, one step a layer
+
+    return tqdm(total=total, desc=description, unit="layer", leave=False, dynamic_ncols=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

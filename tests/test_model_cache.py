@@ -130,3 +130,17 @@ def test_cli_and_magic_take_the_same_arguments(shell, llama, tiny, tmp_path, cap
     assert "without torch" in capsys.readouterr().out
     assert run(shell, f"%llama load {tmp_path / 'c'}").success
     assert run(shell, "%%llama -n 3\nhi").success
+
+
+def test_a_conversion_shows_its_layers_where_a_front_end_asked_for_a_bar(shell, llama, tiny, tmp_path, capsys):
+    from ct2_magics.models import hub
+
+    layers = Tiny().layers + 1
+    capsys.readouterr()
+    hub.resolve(str(tiny["gguf"]), quantization="float32")  # the models layer alone draws nothing
+    assert capsys.readouterr().err == ""
+    assert run(shell, f"%llama load {tiny['gguf']} --quantization float16").success  # the magic's bar (text here)
+    err = capsys.readouterr().err
+    assert "Converting tiny" in err and f"/{layers} [" in err and "layer/s" in err
+    assert main(["convert", str(tiny["gguf"]), str(tmp_path / "out"), "--quantization", "int8"]) == 0
+    assert f"/{layers} [" in capsys.readouterr().err  # the console script's bar

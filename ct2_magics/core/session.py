@@ -38,6 +38,8 @@ class Session:
         self.last_loops: list[Any] = []  # items of the last generate/map whose replies were stopped in a loop
         self.last_result: Any = None  # what an interrupted generate/map had answered
         self.notify: Callable[[str], None] = lambda line: None  # one-line notices; the magics set a printer
+        # A conversion's progress: a factory like tqdm's, (description, total) -> a bar with update(n); front ends set it.
+        self.conversion_bar: Callable[[str, int], Any] | None = None
         self.idle_error: str | None = None  # why the last idle-time prefill failed, for status()
         self.owner.on_idle_error = lambda e: setattr(self, "idle_error", f"{type(e).__name__}: {e}")
         watch(self)  # prefill after each complete reply; a lower prefix_cache_mb empties the cache in idle time
@@ -77,7 +79,8 @@ class Session:
             import_libraries()  # whole, Ctrl-C or not: an import cut short breaks the library until a restart
             check_request(device, compute_type)  # a device or compute type this machine lacks fails before any download
             path = hub.resolve(model, revision=source[0], file=source[1], quantization=source[2],
-                               compute_type=compute_type, notify=(lambda line: None) if self.settings.quiet else self.notify)
+                               compute_type=compute_type, notify=(lambda line: None) if self.settings.quiet else self.notify,
+                               bar=None if self.settings.quiet else self.conversion_bar)
 
             def build(make_room: Callable[[], None]) -> Engine:
                 return Engine(path, name=model, device=device, compute_type=compute_type, threads=self.settings.threads,

@@ -52,8 +52,25 @@ def identity(source: Path) -> dict[str, Any]:
     return {"kind": "file" if source.is_file() else "folder", "files": [one(p) for p in files]}
 
 
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def no_bar(description: str, total: int) -> Any:
+    """The bar a conversion reports its layers to when the caller shows none. A front end passes its own factory:
+    (description, total) -> a context manager with update(n), as tqdm is (this layer never draws)."""
+    return _NoBar()
+
+
 def cached(source: Path, *, label: str, quantization: str, open_model: Callable[[Path], Any],
-           notify: Callable[[str], None] = lambda line: None, progress: bool = True) -> Path:
+           notify: Callable[[str], None] = lambda line: None, bar: Callable[[str, int], Any] = no_bar) -> Path:
     """The converted model for `source` in the cache, converting it first when it is not there."""
     ident = identity(source)
     key = hashlib.sha256(json.dumps({"format": FORMAT, "source": ident, "quantization": quantization},
@@ -71,7 +88,7 @@ def cached(source: Path, *, label: str, quantization: str, open_model: Callable[
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".converting", dir=root))
     try:
         staging.chmod(0o755)
-        convert_into(model, staging, quantization, label=label, progress=progress)
+        convert_into(model, staging, quantization, label=label, bar=bar)
         (staging / DONE).write_text(json.dumps({"label": label, "source": ident, "quantization": quantization,
                                                 "format": FORMAT}, indent=2) + "\n", encoding="utf-8")
         publish(staging, target, lambda path: (path / DONE).is_file())
@@ -88,17 +105,15 @@ def cached(source: Path, *, label: str, quantization: str, open_model: Callable[
     return target
 
 
-def convert_into(model: Any, out: Path, quantization: str, *, label: str, progress: bool = True) -> None:
-    """Write `model` (a GGUFModel or SafetensorsModel) as a CTranslate2 model into the folder `out`."""
-    from tqdm.auto import tqdm  # a widget in a notebook, text in a terminal
-
+def convert_into(model: Any, out: Path, quantization: str, *, label: str, bar: Callable[[str, int], Any] = no_bar) -> None:
+    """Write `model` (a GGUFModel or SafetensorsModel) as a CTranslate2 model into the folder `out`, telling `bar`
+    each layer written."""
     from ct2_magics.models.spec import write_decoder
 
     special = model.write_side_files(out)
     vocabulary = model.vocabulary()
-    with tqdm(total=model.shape.layers + 1, desc=f"Converting {label}", unit="layer", leave=False,
-              disable=not progress, dynamic_ncols=True) as bar:
-        write_decoder(out, model.shape, model.weight, vocabulary, quantization=quantization, step=bar.update, **special)
+    with bar(f"Converting {label}", model.shape.layers + 1) as shown:
+        write_decoder(out, model.shape, model.weight, vocabulary, quantization=quantization, step=shown.update, **special)
 
 
 def _clear_leftovers(root: Path, target: Path) -> None:

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ct2_magics.errors import LlamaError
 from ct2_magics.models import sources
@@ -50,6 +51,7 @@ def convert(
     file: str | None = None,
     force: bool = False,
     progress: Callable[[str], None] = print,
+    bar: Callable[[str, int], Any] | None = None,
 ) -> ConvertSummary:
     """Convert a GGUF file, a local model dir or a Hub repo id into a CTranslate2 model dir.
 
@@ -73,7 +75,7 @@ def convert(
         progress(f"Reading {local} ...")
     _check_output(out, local, force)
     if convertible(local):
-        job: NumpyConversion | TorchConversion = NumpyConversion(local, quantization, progress)
+        job: NumpyConversion | TorchConversion = NumpyConversion(local, quantization, progress, bar)
     else:
         job = TorchConversion(source, local, quantization, progress)
     with _staged(out, progress) as built:

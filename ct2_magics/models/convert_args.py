@@ -25,7 +25,8 @@ def add_convert_arguments(parser: Any) -> None:
     parser.add_argument("--force", action="store_true", help="replace a non-empty output directory")
 
 
-def run_convert(args: argparse.Namespace, progress: Callable[[str], None] = print) -> int:
+def run_convert(args: argparse.Namespace, progress: Callable[[str], None] = print,
+                bar: Callable[[str, int], Any] | None = None) -> int:
     """Convert what the parsed `args` say."""
     from ct2_magics.models.convert import convert
     from ct2_magics.models.libraries import import_converting, import_libraries
@@ -33,5 +34,5 @@ def run_convert(args: argparse.Namespace, progress: Callable[[str], None] = prin
     import_libraries()  # whole, Ctrl-C or not: an import cut short in a kernel breaks it until a restart
     import_converting()
     convert(args.source, args.output, quantization=args.quantization, revision=args.revision, file=args.file,
-            force=args.force, progress=progress)
+            force=args.force, progress=progress, bar=bar)
     return 0

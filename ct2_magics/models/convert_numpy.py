@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ct2_magics.models.cache import convert_into
+from ct2_magics.models.cache import convert_into, no_bar
 from ct2_magics.models.safetensors_model import SafetensorsModel, is_supported
 
 
@@ -19,7 +19,9 @@ def convertible(local: Path) -> bool:
 class NumpyConversion:
     """One conversion, checked and announced when made; `write` fills the output folder."""
 
-    def __init__(self, local: Path, quantization: str | None, progress: Callable[[str], None]) -> None:
+    def __init__(self, local: Path, quantization: str | None, progress: Callable[[str], None],
+                 bar: Callable[[str, int], Any] | None = None) -> None:
+        self.bar = bar or no_bar
         if local.is_file():
             from ct2_magics.models.gguf_model import GGUFModel
 
@@ -37,7 +39,7 @@ class NumpyConversion:
 
     def write(self, built: Path) -> None:
         built.mkdir()
-        convert_into(self.model, built, self.quantization, label=self.label)
+        convert_into(self.model, built, self.quantization, label=self.label, bar=self.bar)
 
 
 def _checkpoint_dtype(config: dict[str, Any]) -> str:

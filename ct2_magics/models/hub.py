@@ -50,8 +50,10 @@ def is_repo_id(name: str) -> bool:
 
 
 def resolve(model: str, *, revision: str | None = None, file: str | None = None, quantization: str | None = None,
-            compute_type: str | None = None, notify: Callable[[str], None] = lambda line: None) -> Path:
-    """A local CTranslate2 directory for `model`, converting a GGUF or safetensors model on first load."""
+            compute_type: str | None = None, notify: Callable[[str], None] = lambda line: None,
+            bar: Callable[[str, int], Any] | None = None) -> Path:
+    """A local CTranslate2 directory for `model`, converting a GGUF or safetensors model on first load (telling
+    `bar`, a factory like tqdm's, each layer written; see models/cache.py)."""
     from ct2_magics.models import smollm2
 
     model = model.strip()
@@ -77,11 +79,11 @@ def resolve(model: str, *, revision: str | None = None, file: str | None = None,
         raise LlamaError(f"No such directory: {model} (nor such a file). Give smollm2, a .gguf file, a model folder, "
                          "or a Hub repo id (owner/name).")
     return prepare(source, label or _label(model, source), quantization=quantization, compute_type=compute_type,
-                   notify=notify)
+                   notify=notify, bar=bar)
 
 
 def prepare(source: sources.Source, label: str, *, quantization: str | None, compute_type: str | None,
-            notify: Callable[[str], None]) -> Path:
+            notify: Callable[[str], None], bar: Callable[[str, int], Any] | None = None) -> Path:
     """A converted folder as it is; a GGUF file or safetensors folder converted into the cache (once)."""
     from ct2_magics.models import cache as model_cache
     from ct2_magics.models.quantization import storage_type
@@ -93,7 +95,7 @@ def prepare(source: sources.Source, label: str, *, quantization: str | None, com
         return check_model_dir(source.path)
     storage = storage_type(quantization, compute_type)
     return model_cache.cached(source.path, label=label, quantization=storage, open_model=_opener(source.kind),
-                              notify=notify)
+                              notify=notify, bar=bar or model_cache.no_bar)
 
 
 def _opener(kind: str) -> Callable[[Path], Any]:

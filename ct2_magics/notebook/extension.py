@@ -49,11 +49,13 @@ def _start_autosave(shell: Any, session: Session) -> AutoSaver | None:
 def load(shell: Any) -> None:
     from ct2_magics.core.session import get_session
     from ct2_magics.notebook.magics import LlamaMagics
+    from ct2_magics.notebook.render import layer_bar
 
     if id(shell) in _state:
         return
     session = get_session()
     session.notify = _notify
+    session.conversion_bar = layer_bar
     try:  # a bad value in ipython_config.py is one line; the other settings still apply
         session.settings.update_config(shell.config)
     except TraitError as e:
@@ -88,4 +90,5 @@ def unload(shell: Any) -> None:
     if state["custom_exc"] and shell.custom_exceptions == (LlamaError,):
         shell.custom_exceptions = ()
     session.notify = lambda line: None
+    session.conversion_bar = None
     session.unload()

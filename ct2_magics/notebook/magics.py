@@ -290,7 +290,7 @@ class LlamaMagics(Magics):
     def _cmd_convert(self, args: Any) -> None:
         from ct2_magics.models.convert_args import run_convert
 
-        run_convert(args)  # it imports its libraries whole first, Ctrl-C or not
+        run_convert(args, bar=render.layer_bar)  # it imports its libraries whole first, Ctrl-C or not
 
 
 def _check_file_name(name: str) -> None:

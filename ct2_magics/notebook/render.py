@@ -201,6 +201,13 @@ def show(response: Any, shell: Any, *, mode: str = "auto", rate: float = 15.0, p
                 view.finish(response.text, response.status, response.metadata())
 
 
+def layer_bar(description: str, total: int) -> Any:
+    """A conversion's bar, one step a layer: a widget in a notebook, text in a terminal (tqdm.auto)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="layer", leave=False, dynamic_ncols=True)
+
+
 @contextlib.contextmanager
 def sigint_deferred() -> Iterator[None]:
     """Hold a Ctrl-C that comes during the block until it ends (main thread only), so that it cannot cut it short."""
