@@ -36,9 +36,11 @@ T = TypeVar("T")
 
 # Imported in this order; the optional ones only when installed (each is a few tens of milliseconds).
 REQUIRED = ("numpy", "ctranslate2", "tokenizers", "huggingface_hub", "transformers")
-# What a conversion (GGUF, safetensors) adds: ctranslate2's model specs, which import torch whenever it is installed.
+# What a conversion (GGUF, safetensors) adds: ctranslate2's model specs, which import torch whenever it is installed,
+# and the readers (ml_dtypes alone takes about a second to import, so a load of a converted model never imports them).
 CONVERTING = ("ctranslate2.specs",)
-OPTIONAL = ("gguf", "gguf.quants", "safetensors", "ml_dtypes", "jinja2")
+CONVERTING_OPTIONAL = ("gguf", "gguf.quants", "safetensors", "ml_dtypes")
+OPTIONAL = ("jinja2",)
 # transformers' lazy attributes every load reaches (none of them imports torch).
 TRANSFORMERS_NAMES = ("PreTrainedTokenizerFast",)
 # tokenizer_class values that PreTrainedTokenizerFast loads as AutoTokenizer would (TokenizersBackend: transformers 5).
@@ -59,8 +61,9 @@ def import_libraries() -> None:
 
 def import_converting() -> None:
     """Import what a conversion adds, complete (see import_libraries)."""
-    if not all(name in sys.modules for name in CONVERTING):
-        whole(lambda: [_import(name) for name in CONVERTING])
+    names = CONVERTING + tuple(n for n in CONVERTING_OPTIONAL if n not in sys.modules and _installed(n))
+    if not all(name in sys.modules for name in names):
+        whole(lambda: [_import(name) for name in names])
 
 
 def tokenizer_class(model_dir: Path) -> Any:
