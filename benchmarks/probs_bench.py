@@ -1,0 +1,120 @@
+"""`streaming.py --probs` (issue 24): what keeping each token's probability and K alternatives costs, on smollm2.
+
+Alternated runs, greedy, the same prompt and length: (a) a plain `%%llama` cell against (b) `%%llama --probs K`, both
+through the real shell with kernel-style display messages (so building the tinted HTML counts), and (c) plain
+`llama.stream` against `llama.stream(logprobs=K)`, each read to its end without a display. Target: probs / plain
+tokens/s >= 0.8.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from common import PROMPT, alternate, load_average, median, spread, table, verdict
+
+K = 5
+TARGET = 0.8
+
+
+def cell_path(shell: Any, publisher: Any, tokens: int, probs: int | None):
+    """One `%%llama` cell (with `--probs K` when `probs`), read from the display messages it published."""
+    from streaming import summarise
+
+    flag = f" --probs {probs}" if probs else ""
+    cell = f"%%llama --once -t 0 -n {tokens}{flag}\n{PROMPT}"
+
+    def run() -> dict[str, Any]:
+        publisher.reset()
+        t0 = time.perf_counter()
+        shell.run_cell(cell).raise_error()
+        total = time.perf_counter() - t0
+        return {**summarise(publisher, total), "text": publisher.events[-1]["text"]}
+
+    return run
+
+
+def api_path(tokens: int, probs: int | None):
+    """`llama.stream(...)` (with `logprobs=K` when `probs`) read to its end, nothing displayed."""
+    from ct2_magics import llama
+
+    def run() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        reply = llama.stream(PROMPT, once=True, temperature=0, max_tokens=tokens, logprobs=probs)
+        text = reply.consume()
+        total = time.perf_counter() - t0
+        meta = reply.metadata()
+        n = meta["reply_tokens"]
+        return {"tokens": n, "e2e_tok_s": n / total, "decode_tok_s": meta["tokens_per_s"],
+                "ttft_ms": meta["time_to_first_token_s"] * 1e3, "text": text}
+
+    return run
+
+
+def _same(results: dict[str, list[dict[str, Any]]], tokens: int) -> str:
+    """Every reply has `tokens` tokens (else the rates are not comparable); say whether the texts are the same too."""
+    got = {r["tokens"] for rs in results.values() for r in rs}
+    assert got == {tokens}, f"replies of unequal length: {got} (pick a prompt the model does not end early)"
+    texts = {r["text"] for rs in results.values() for r in rs}
+    return "the same text" if len(texts) == 1 else f"{len(texts)} different texts"
+
+
+def run_probs(shell: Any, publisher: Any, tokens: int, runs: int) -> dict[str, Any]:
+    """Load smollm2 (int8), run (a)-(b) and (c) alternated, print the table and the verdict; return the raw report."""
+    shell.run_line_magic("llama", "load smollm2")
+    from ct2_magics import llama
+
+    llama.settings.system = None  # the same prompt on both paths, whatever the user's settings say
+    load_before = load_average()
+    pairs = {
+        "%%llama cell": alternate({"plain": cell_path(shell, publisher, tokens, None),
+                                   "probs": cell_path(shell, publisher, tokens, K)}, runs),
+        "llama.stream, no display": alternate({"plain": api_path(tokens, None), "probs": api_path(tokens, K)}, runs),
+    }
+    rows, report = [], {"k": K, "tokens": tokens, "runs": runs, "load_before": load_before, "paths": {}}
+    for name, res in pairs.items():
+        same = _same(res, tokens)
+        p, q = res["plain"], res["probs"]
+        ratio = median(q, "decode_tok_s") / median(p, "decode_tok_s")
+        pairwise = [b["decode_tok_s"] / a["decode_tok_s"] for a, b in zip(p, q)]
+        e2e = median(q, "e2e_tok_s") / median(p, "e2e_tok_s")
+        report["paths"][name] = {"raw": res, "decode_ratio": ratio, "e2e_ratio": e2e, "pairwise": pairwise, "replies": same}
+        rows.append([name, f"{median(p, 'decode_tok_s'):.1f} ({spread(p, 'decode_tok_s')})",
+                     f"{median(q, 'decode_tok_s'):.1f} ({spread(q, 'decode_tok_s')})",
+                     f"**{ratio:.3f}** ({min(pairwise):.2f}-{max(pairwise):.2f})", f"{e2e:.3f}",
+                     f"{median(p, 'ttft_ms'):.1f} ({spread(p, 'ttft_ms')})", f"{median(q, 'ttft_ms'):.1f} ({spread(q, 'ttft_ms')})",
+                     same])
+    report["load_after"] = load_average()
+    print(table(rows, ["path", "plain decode tok/s (range)", f"--probs {K} decode tok/s (range)",
+                       "probs / plain (pairwise range)", "e2e ratio", "plain TTFT ms (range)", "probs TTFT ms (range)",
+                       "replies"]))
+    print(f"(smollm2 int8, {llama.engine.vocabulary_size:,}-token vocabulary, greedy, {tokens}-token replies, {runs} "
+          f"alternated runs each; decode tok/s = tokens after the first / their time)")
+    cell = report["paths"]["%%llama cell"]["decode_ratio"]
+    print(f"\n--probs {K} / plain %%llama: {cell:.3f} (target >= {TARGET}): {verdict(cell >= TARGET)}")
+    print(f"load before / after: {load_before} / {report['load_after']}")
+    return report
+
+
+def profile_probs(shell: Any, publisher: Any, tokens: int) -> None:
+    """cProfile one `--probs` cell (the main thread), and time the work CTranslate2's thread does in our callback."""
+    import cProfile
+    import pstats
+
+    import numpy as np
+
+    from ct2_magics import llama
+    from ct2_magics.core.weighing import host_row, probabilities, top
+
+    prof = cProfile.Profile()
+    prof.enable()
+    cell_path(shell, publisher, tokens, K)()
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+    # The callback runs on CTranslate2's own thread, which cProfile does not see: time its numpy work alone.
+    logits = np.random.default_rng(0).normal(size=llama.engine.vocabulary_size).astype(np.float32)
+    t0, n = time.perf_counter(), 200
+    for _ in range(n):
+        top(probabilities(host_row(logits, logits.size)), K)
+    print(f"callback numpy work (host row, softmax, top {K}) over {logits.size:,} logits: "
+          f"{(time.perf_counter() - t0) / n * 1e3:.3f} ms a step")
