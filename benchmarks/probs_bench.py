@@ -26,10 +26,11 @@ def cell_path(shell: Any, publisher: Any, tokens: int, probs: int | None):
 
     def run() -> dict[str, Any]:
         publisher.reset()
-        t0 = time.perf_counter()
+        t0, cpu = time.perf_counter(), time.process_time()
         shell.run_cell(cell).raise_error()
-        total = time.perf_counter() - t0
-        return {**summarise(publisher, total), "text": publisher.events[-1]["text"]}
+        total, cpu = time.perf_counter() - t0, time.process_time() - cpu
+        out = summarise(publisher, total)
+        return {**out, "cpu_ms_per_token": cpu / out["tokens"] * 1e3, "text": publisher.events[-1]["text"]}
 
     return run
 
@@ -39,14 +40,14 @@ def api_path(tokens: int, probs: int | None):
     from ct2_magics import llama
 
     def run() -> dict[str, Any]:
-        t0 = time.perf_counter()
+        t0, cpu = time.perf_counter(), time.process_time()
         reply = llama.stream(PROMPT, once=True, temperature=0, max_tokens=tokens, logprobs=probs)
         text = reply.consume()
-        total = time.perf_counter() - t0
+        total, cpu = time.perf_counter() - t0, time.process_time() - cpu
         meta = reply.metadata()
         n = meta["reply_tokens"]
         return {"tokens": n, "e2e_tok_s": n / total, "decode_tok_s": meta["tokens_per_s"],
-                "ttft_ms": meta["time_to_first_token_s"] * 1e3, "text": text}
+                "ttft_ms": meta["time_to_first_token_s"] * 1e3, "cpu_ms_per_token": cpu / n * 1e3, "text": text}
 
     return run
 
@@ -83,13 +84,14 @@ def run_probs(shell: Any, publisher: Any, tokens: int, runs: int) -> dict[str, A
                      f"{median(q, 'decode_tok_s'):.1f} ({spread(q, 'decode_tok_s')})",
                      f"**{ratio:.3f}** ({min(pairwise):.2f}-{max(pairwise):.2f})", f"{e2e:.3f}",
                      f"{median(p, 'ttft_ms'):.1f} ({spread(p, 'ttft_ms')})", f"{median(q, 'ttft_ms'):.1f} ({spread(q, 'ttft_ms')})",
-                     same])
+                     f"{median(p, 'cpu_ms_per_token'):.2f} / {median(q, 'cpu_ms_per_token'):.2f}", same])
     report["load_after"] = load_average()
     print(table(rows, ["path", "plain decode tok/s (range)", f"--probs {K} decode tok/s (range)",
                        "probs / plain (pairwise range)", "e2e ratio", "plain TTFT ms (range)", "probs TTFT ms (range)",
-                       "replies"]))
+                       "CPU ms/token plain / probs", "replies"]))
     print(f"(smollm2 int8, {llama.engine.vocabulary_size:,}-token vocabulary, greedy, {tokens}-token replies, {runs} "
-          f"alternated runs each; decode tok/s = tokens after the first / their time)")
+          f"alternated runs each; decode tok/s = tokens after the first / their time; "
+          "CPU: the process's, all threads, per reply token)")
     cell = report["paths"]["%%llama cell"]["decode_ratio"]
     print(f"\n--probs {K} / plain %%llama: {cell:.3f} (target >= {TARGET}): {verdict(cell >= TARGET)}")
     print(f"load before / after: {load_before} / {report['load_after']}")
