@@ -98,25 +98,52 @@ def run_probs(shell: Any, publisher: Any, tokens: int, runs: int) -> dict[str, A
     return report
 
 
-def profile_probs(shell: Any, publisher: Any, tokens: int) -> None:
-    """cProfile one `--probs` cell (the main thread), and time the work CTranslate2's thread does in our callback."""
-    import cProfile
-    import pstats
-
-    import numpy as np
-
+def bare_paths(tokens: int) -> dict[str, Any]:
+    """Bare CTranslate2 on smollm2's prompt: generate_tokens (what a plain reply uses) against generate_batch without
+    logits, with the vocabulary's logits and a callback that does nothing, and with our callback's numpy work."""
     from ct2_magics import llama
     from ct2_magics.core.weighing import host_row, probabilities, top
+
+    engine = llama.engine
+    toks = engine.tokenizer.convert_ids_to_tokens(engine.prompt_ids([{"role": "user", "content": PROMPT}]))
+    gen, size = engine.generator, engine.vocabulary_size
+
+    def timed(count) -> dict[str, float]:
+        t0, cpu = time.perf_counter(), time.process_time()
+        n = count()
+        return {"tokens": n, "ms_per_token": (time.perf_counter() - t0) / n * 1e3,
+                "cpu_ms_per_token": (time.process_time() - cpu) / n * 1e3}
+
+    def batch(callback: Any, logits: bool):
+        return lambda: timed(lambda: len(gen.generate_batch(
+            [toks], max_length=tokens, sampling_topk=1, end_token=engine.end_tokens, include_prompt_in_result=False,
+            return_logits_vocab=logits, callback=callback)[0].sequences_ids[0]))
+
+    def weigh(step: Any) -> bool:
+        top(probabilities(host_row(step.logits, size)), K)
+        return False
+
+    return {"generate_tokens": lambda: timed(lambda: sum(1 for _ in gen.generate_tokens(
+                toks, max_length=tokens, sampling_topk=1, end_token=engine.end_tokens))),
+            "generate_batch": batch(None, False), "+ logits, callback doing nothing": batch(lambda _: False, True),
+            f"+ logits, softmax and top {K} (our callback)": batch(weigh, True)}
+
+
+def profile_probs(shell: Any, publisher: Any, tokens: int, runs: int = 5) -> dict[str, Any]:
+    """cProfile one `--probs` cell (the main thread), then where the cost lies in CTranslate2's own thread (which
+    cProfile does not see): bare decoding loops, alternated."""
+    import cProfile
+    import pstats
 
     prof = cProfile.Profile()
     prof.enable()
     cell_path(shell, publisher, tokens, K)()
     prof.disable()
-    pstats.Stats(prof).sort_stats("tottime").print_stats(15)
-    # The callback runs on CTranslate2's own thread, which cProfile does not see: time its numpy work alone.
-    logits = np.random.default_rng(0).normal(size=llama.engine.vocabulary_size).astype(np.float32)
-    t0, n = time.perf_counter(), 200
-    for _ in range(n):
-        top(probabilities(host_row(logits, logits.size)), K)
-    print(f"callback numpy work (host row, softmax, top {K}) over {logits.size:,} logits: "
-          f"{(time.perf_counter() - t0) / n * 1e3:.3f} ms a step")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(12)
+    res = alternate(bare_paths(tokens), runs)
+    base = median(res["generate_tokens"], "cpu_ms_per_token")
+    print(table([[name, f"{median(r, 'ms_per_token'):.2f} ({spread(r, 'ms_per_token')})",
+                  f"{median(r, 'cpu_ms_per_token'):.2f}", f"{median(r, 'cpu_ms_per_token') - base:+.2f}"]
+                 for name, r in res.items()], ["bare CTranslate2", "wall ms/token (range)", "CPU ms/token", "CPU vs generate_tokens"]))
+    print(f"({tokens}-token greedy replies, {runs} alternated runs each; load {load_average()})")
+    return res

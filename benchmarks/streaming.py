@@ -160,9 +160,10 @@ def probs_main(args: argparse.Namespace) -> None:
 
     info = header("%%llama --probs vs a plain reply (smollm2)")
     shell, publisher = kernel_shell()
-    save("streaming_probs", {"machine": info, **run_probs(shell, publisher, args.tokens, args.runs)})
+    report = {"machine": info, **run_probs(shell, publisher, args.tokens, args.runs)}
     if args.profile:
-        profile_probs(shell, publisher, args.tokens)
+        report["bare"] = profile_probs(shell, publisher, args.tokens)
+    save("streaming_probs", report)
 
 
 if __name__ == "__main__":

@@ -40,10 +40,10 @@ def test_streaming(shared: Path) -> None:
 
 
 def test_streaming_probs(shared: Path, smollm2_gguf: Path) -> None:
-    out = bench(shared, "streaming.py", "--probs", "--tokens", "6", "--runs", "1")
+    out = bench(shared, "streaming.py", "--probs", "--tokens", "6", "--runs", "1", "--profile")
     assert "| %%llama cell |" in out and "| llama.stream, no display |" in out and "| the same text |" in out
     assert "--probs 5 / plain %%llama:" in out and "(target >= 0.8)" in out and "load before / after:" in out
-    assert (shared / "json" / "streaming_probs.json").is_file()
+    assert "| generate_tokens |" in out and "(our callback) |" in out and (shared / "json" / "streaming_probs.json").is_file()
 
 
 def test_display_traffic(shared: Path) -> None:
