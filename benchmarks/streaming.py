@@ -6,6 +6,7 @@ model (~10-15 ms a step on 2 cores). The tiny model (~1 ms a step) is shown too:
 overheads are 10x more visible.
 
     python benchmarks/streaming.py [--tokens 256] [--runs 7] [--profile]
+    python benchmarks/streaming.py --probs [--tokens 256] [--runs 7] [--profile]   # issue 24, on smollm2 (probs_bench.py)
 """
 
 from __future__ import annotations
@@ -111,8 +112,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--ttft-runs", type=int, default=25, help="alternated 1-token runs for the first-token figure")
-    ap.add_argument("--profile", action="store_true", help="also cProfile one run on the tiny model")
+    ap.add_argument("--profile", action="store_true", help="also cProfile one run on the tiny model (--probs: on smollm2)")
+    ap.add_argument("--probs", action="store_true", help="instead: --probs 5 against a plain reply, on smollm2 (issue 24)")
     args = ap.parse_args()
+    if args.probs:
+        return probs_main(args)
     info = header("%%llama streaming vs a bare generate_tokens loop")
     models = {"bench": bench_model(BENCH), "tiny": bench_model(TINY)}
     shell, publisher = kernel_shell()
@@ -149,6 +153,17 @@ def main() -> None:
     if args.profile:
         shell.run_line_magic("llama", f"load {models['tiny']}")
         profile(shell, publisher, args.tokens)
+
+
+def probs_main(args: argparse.Namespace) -> None:
+    from probs_bench import profile_probs, run_probs
+
+    info = header("%%llama --probs vs a plain reply (smollm2)")
+    shell, publisher = kernel_shell()
+    report = {"machine": info, **run_probs(shell, publisher, args.tokens, args.runs)}
+    if args.profile:
+        report["bare"] = profile_probs(shell, publisher, args.tokens)
+    save("streaming_probs", report)
 
 
 if __name__ == "__main__":

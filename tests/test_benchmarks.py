@@ -39,6 +39,13 @@ def test_streaming(shared: Path) -> None:
     assert (shared / "json" / "streaming.json").is_file()
 
 
+def test_streaming_probs(shared: Path, smollm2_gguf: Path) -> None:
+    out = bench(shared, "streaming.py", "--probs", "--tokens", "6", "--runs", "1", "--profile")
+    assert "| %%llama cell |" in out and "| llama.stream, no display |" in out and "| the same text |" in out
+    assert "--probs 5 / plain %%llama:" in out and "(target >= 0.8)" in out and "load before / after:" in out
+    assert "| generate_tokens |" in out and "(our callback) |" in out and (shared / "json" / "streaming_probs.json").is_file()
+
+
 def test_display_traffic(shared: Path) -> None:
     out = bench(shared, "display_traffic.py", "--lengths", "8,16", "--bench-lengths", "8")
     assert "most updates in any 1 s window" in out and "(target <= 15)" in out
