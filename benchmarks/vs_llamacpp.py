@@ -15,6 +15,9 @@ Both engines get the same prompt token ids (ct2-magics' chat template; its token
 llama.cpp's on this model). Without llama-cpp-python it prints how to install it and exits 0.
 
     python benchmarks/vs_llamacpp.py [--runs 5] [--tokens 128] [--prompts 64] [--turns 20] [--pause 2] [--tiny]
+    python benchmarks/vs_llamacpp.py --shape 1b [--runs 5] [--tokens 64] [--kinds Q8_0,Q4_0,Q4_K_M]
+
+`--shape 1b` runs the single stream at a random 1B Llama shape instead (benchmarks/vs_llamacpp_1b.py).
 """
 
 from __future__ import annotations
@@ -169,7 +172,7 @@ def chat(apis, llms, args) -> tuple[list, dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5, help="alternated runs of the single stream")
-    ap.add_argument("--tokens", type=int, default=128, help="tokens of the single stream")
+    ap.add_argument("--tokens", type=int, default=None, help="tokens of the single stream (default 128; 64 at 1b)")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--map-runs", type=int, default=3)
     ap.add_argument("--reply", type=int, default=32, help="max tokens of each batch and chat reply")
@@ -177,12 +180,22 @@ def main() -> None:
     ap.add_argument("--pause", type=float, default=2.0, help="seconds before each engine's chat turn")
     ap.add_argument("--sections", default="stream,map,chat", help="which of stream, map, chat to run")
     ap.add_argument("--tiny", action="store_true", help="a quick check that everything runs (tests)")
+    ap.add_argument("--shape", choices=("135m", "1b"), default="135m",
+                    help="135m: SmolLM2's own GGUF, all sections; 1b: one stream at a random 1B shape (vs_llamacpp_1b.py)")
+    ap.add_argument("--kinds", default="Q8_0,Q4_0,Q4_K_M", help="--shape 1b: llama.cpp's files (Q8_0 always)")
+    ap.add_argument("--no-check", action="store_true", help="--shape 1b: skip loading every file in both engines first")
     args = ap.parse_args()
+    args.tokens = args.tokens or (64 if args.shape == "1b" else 128)
     if args.tiny:
         args.runs, args.tokens, args.prompts, args.map_runs, args.reply, args.turns, args.pause = 1, 8, 3, 1, 4, 2, 0.0
     args.checkpoints = [t for t in (1, 2, 5, 10, 20) if t <= args.turns and (t != 2 or args.turns < 5)]
     if not cpp.available():
         print(cpp.INSTALL)
+        return
+    if args.shape == "1b":
+        import vs_llamacpp_1b
+
+        vs_llamacpp_1b.run(args)
         return
     from ct2_magics.models import smollm2
 
