@@ -96,6 +96,21 @@ def test_after_a_pause_the_next_turn_reads_only_its_new_tokens(llama):
     assert state["prefills"] == 3 and state["state"] == "idle" and state["error"] is None
 
 
+def test_a_reply_stopped_before_the_prefill_began_cancels_it(llama):
+    llama.load("demo")
+    llama.chat().set_system(LONG)
+    chat_turns(llama, QUESTIONS[:1], pause=True)
+    before = settle(llama)["prefills"]
+    llama.ask(QUESTIONS[1], temperature=0, max_tokens=8)  # complete: its prefill is scheduled (after 0.5 s idle)
+    with llama.stream(QUESTIONS[2], temperature=0, max_tokens=400) as reply:  # asked at once, then stopped
+        next(iter(reply))
+    assert reply.status == "stopped"
+    state = settle(llama)
+    assert state["prefills"] == before  # no prefill after a stopped reply, not even the one pending from before
+    chat_turns(llama, QUESTIONS[3:4], pause=True)
+    assert settle(llama)["prefills"] == before + 1  # a complete reply schedules one again
+
+
 def test_the_off_switch(shell, llama):
     run_ok(shell, "%config LlamaSettings.prefill = False")
     llama.load("demo")

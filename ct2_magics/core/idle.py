@@ -25,25 +25,32 @@ class IdleWork:
     _uses: set[Any]
     _swapping: bool
     _idle_since: float
-    _idle_job: tuple[IdleJob, float] | None
+    _idle_job: tuple[IdleJob, float, Any] | None
     _worker: threading.Thread | None
     engine: Engine | None
     on_idle_error: Callable[[BaseException], None]
     _release: Callable[..., None]
 
-    def when_idle(self, job: IdleJob, after: float = 0.0) -> None:
+    def when_idle(self, job: IdleJob, after: float = 0.0, key: Any = None) -> None:
         """Run job(engine, waiting) on the owner's worker thread once the model has been idle `after` seconds.
 
         Lowest priority: it never starts while a request holds or waits for the model, and a request that
         comes while it runs waits for it to end (so it must be one bounded step; waiting() says when to stop
-        before the next one). A newer job replaces one that has not started.
+        before the next one). A newer job replaces one that has not started; `key` names it for drop_idle.
         """
         with self._cond:
-            self._idle_job = (job, after)
+            self._idle_job = (job, after, key)
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="ct2-magics idle work", daemon=True)
                 self._worker.start()
             self._cond.notify_all()
+
+    def drop_idle(self, key: Any) -> None:
+        """Forget the idle job named `key` if it has not started (a running one ends as it would)."""
+        with self._cond:
+            if self._idle_job is not None and key is not None and self._idle_job[2] == key:
+                self._idle_job = None
+                self._cond.notify_all()
 
     @property
     def idle_pending(self) -> bool:
@@ -58,7 +65,7 @@ class IdleWork:
                     if self._idle_job is None or self.engine is None:
                         self._idle_job, self._worker = None, None
                         return
-                    job, after = self._idle_job
+                    job, after, _ = self._idle_job
                     due = self._idle_since + after
                     free = self._holder is None and not self._uses and not self._swapping
                     if free and time.monotonic() >= due:

@@ -37,8 +37,10 @@ def watch(session: Context) -> None:
 
 
 def _recorded(session: Context, chat: Chat, turn: Turn) -> None:
-    if turn.status in ("complete", "cut"):  # a stopped or looping reply is often undone or asked again: no prefill
+    if turn.status in ("complete", "cut"):
         schedule(session, chat.name)  # read the chat so far into the cache while the user reads
+    else:  # a stopped or looping reply is often undone or asked again: no prefill, not even one pending from before
+        session.owner.drop_idle(("prefill", chat.name))
 
 
 def schedule(session: Context, chat: str) -> None:
@@ -49,7 +51,8 @@ def schedule(session: Context, chat: str) -> None:
     """
     settings = session.settings
     if settings.prefill and settings.prefix_cache_mb > 0 and session.engine is not None:
-        session.owner.when_idle(lambda engine, waiting: warm(session, engine, chat, waiting), after=PREFILL_AFTER_S)
+        session.owner.when_idle(lambda engine, waiting: warm(session, engine, chat, waiting), after=PREFILL_AFTER_S,
+                                key=("prefill", chat))
 
 
 def warm(session: Context, engine: Engine, chat: str, waiting: Callable[[], bool]) -> str:
