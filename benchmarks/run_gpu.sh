@@ -51,6 +51,9 @@ except Exception: print(0)')
     if [ -z "$chosen" ] && python3 -c "import sys; sys.exit(0 if float('$top1') >= 0.9 else 1)"; then chosen=$ct; fi
 done
 [ -n "$chosen" ] || { say "no compute type agrees with the CPU: nothing measured"; exit 0; }
+# The paths that read logits back (logprobs, next_tokens, schema=) on the GPU against the CPU.
+python3 benchmarks/gpu_paths.py --compute-type "$chosen" > "$OUT/gpu_paths.json" 2>&1; say "paths: $(tr -d '\n ' < "$OUT/gpu_paths.json" | cut -c1-1500)"
+[ "${SHAPE:-1}" = 1 ] || exit 0
 say "measuring with $chosen"
 python3 benchmarks/reference_shape.py --device cuda --compute-type "$chosen" --tokens "${TOKENS:-256}" --runs "${RUNS:-3}" \
     --json "$OUT/reference_shape.json" 2>&1 | tee "$OUT/reference_shape.log"

@@ -344,6 +344,23 @@ def test_a_bad_schema_is_one_line_and_loses_nothing(llama, schema, says):
     assert llama.history() == before and llama.engine is not None
 
 
+def test_a_tokenizer_llguidance_cannot_read_is_one_line(llama, demo_model, tmp_path):
+    import shutil
+
+    model = tmp_path / "wordpiece-model"
+    shutil.copytree(demo_model, model)
+    tokenizer = json.loads((model / "tokenizer.json").read_text())
+    tokenizer["decoder"] = {"type": "WordPiece", "prefix": "##", "cleanup": True}  # as a word-level model may have
+    (model / "tokenizer.json").write_text(json.dumps(tokenizer))
+    llama.load(str(model))
+    llama.ask("Keep me.", temperature=0, max_tokens=4)
+    before = llama.history()
+    with pytest.raises(LlamaError) as caught:
+        llama.ask("x", schema={"type": "object"})
+    assert "schema= cannot use" in str(caught.value) and "\n" not in str(caught.value)
+    assert llama.history() == before and llama.ask("Still here?", temperature=0, max_tokens=4) is not None
+
+
 # -- the magic ----------------------------------------------------------------------------------------------------------------
 def test_the_magic_stores_the_value_and_shows_the_json(shell, llama):
     shell.user_ns["Review"] = REVIEW

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from ct2_magics.core.decoding import host_row
 from ct2_magics.core.options import Sampling
-from ct2_magics.errors import LlamaError
+from ct2_magics.errors import LlamaError, first_line
 
 # A round keeps every step's logits until it ends (CTranslate2 returns them all): at most this many bytes in all,
 # so a long reply restarts now and then instead of holding its whole history of vocabularies.
@@ -39,8 +40,12 @@ def ll_tokenizer(engine: Any) -> Any:
         import llguidance
 
         ends = engine.tokenizer.convert_tokens_to_ids(engine.end_tokens)
-        tokenizer = _tokenizers[engine] = llguidance.LLTokenizer(_text_only(engine), n_vocab=engine.vocabulary_size,
-                                                                 eos_token=ends)
+        try:
+            tokenizer = llguidance.LLTokenizer(_text_only(engine), n_vocab=engine.vocabulary_size, eos_token=ends)
+        except ValueError as e:  # a tokenizer llguidance cannot read (e.g. a WordPiece decoder)
+            raise LlamaError(f"schema= cannot use {engine.name}'s tokenizer ({first_line(e)}); use a model with a "
+                             "byte-level BPE or SentencePiece tokenizer, or ask without schema=.") from None
+        _tokenizers[engine] = tokenizer
     return tokenizer
 
 
@@ -226,7 +231,7 @@ def decode(engine: Any, replies: list[Reply], sampling: Sampling, stop: threadin
             if stop.is_set():
                 return
             if reply.state == "refused":
-                reply.replace(np.asarray(result.logits[0][-1]), sampling, rng)
+                reply.replace(host_row(result.logits[0][-1], engine.vocabulary_size), sampling, rng)
             elif reply.state == "running" and len(reply.ids) == start:
                 reply.state = "failed"  # the round wrote nothing and refused nothing: never loop on it
         del results, result  # their logits go before the next round's arrive

@@ -33,6 +33,20 @@ class Stats:
         return (self.reply_tokens - 1) / decode if self.reply_tokens > 1 and decode > 0 else 0.0
 
 
+def host_row(logits: Any, vocabulary: int) -> Any:
+    """One step's logits as a float64 numpy row on the host (a GPU's StorageView is copied over first)."""
+    import numpy as np
+
+    try:
+        row = np.asarray(logits, dtype=np.float64)
+    except (TypeError, ValueError, RuntimeError):  # a CUDA StorageView has no array interface on the host
+        import ctranslate2
+
+        host = logits.to(ctranslate2.DataType.float32).to_device(ctranslate2.Device.cpu)
+        row = np.asarray(host, dtype=np.float64)
+    return row.reshape(-1)[:vocabulary]
+
+
 class IncrementalDecoder:
     """Turns token ids into text deltas without splitting multi-byte characters."""
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ct2_magics.core.constrained import ROUND_LOGITS_BYTES, ct2_prompts, sampler_keeps
-from ct2_magics.core.decoding import Stats
+from ct2_magics.core.decoding import Stats, host_row
 from ct2_magics.core.options import Sampling
 from ct2_magics.core.worker_stream import WorkerStream
 from ct2_magics.errors import LlamaError
@@ -51,17 +51,6 @@ def checked_k(k: Any, name: str = "logprobs") -> int | None:
         raise LlamaError(f"{name} is the number of alternatives to keep at each token, 1 to {MAX_ALTERNATIVES} "
                          f"(e.g. {name}=5); got {k!r}.")
     return int(k)
-
-
-def host_row(logits: Any, vocabulary: int) -> np.ndarray:
-    """One step's logits as float64 numpy on the host (a GPU's StorageView is copied over first)."""
-    try:
-        row = np.asarray(logits)
-    except (TypeError, ValueError, RuntimeError):  # a CUDA StorageView has no array interface on the host
-        import ctranslate2
-
-        row = np.asarray(logits.to_device(ctranslate2.Device.cpu).to(ctranslate2.DataType.float32))
-    return row.astype(np.float64).reshape(-1)[:vocabulary]
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:
