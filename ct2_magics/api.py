@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
-from ct2_magics.core.items import loop_summary, summary
+from ct2_magics.core.items import cut_summary, loop_summary, summary
 from ct2_magics.core.response import Request, Response
 from ct2_magics.core.session import Session, get_session
 from ct2_magics.errors import LlamaError
@@ -154,6 +154,8 @@ class Llama:
         lines = [summary(self.session.last_errors, total)] if errors == "warn" and self.session.last_errors else []
         if errors != "ignore" and self.session.last_loops:  # not failures: said unless errors="ignore" quiets all
             lines.append(loop_summary(self.session.last_loops, total))
+        if errors != "ignore" and self.session.last_cut:
+            lines.append(cut_summary(self.session.last_cut, total))
         if lines:
             from ct2_magics.notebook.markup import inert_text
 
@@ -170,6 +172,11 @@ class Llama:
         """Items of the last generate/map whose replies fell into a loop and were stopped there (their text up to the
         loop is kept), with the span each repeated; LlamaSettings.stop_loops = False lets such replies run on."""
         return self.session.last_loops
+
+    @property
+    def last_cut(self) -> list[Any]:
+        """Items of the last generate/map whose replies reached max_tokens: each reply is kept as far as it got."""
+        return self.session.last_cut
 
     @property
     def last_result(self) -> Any:

@@ -112,7 +112,8 @@ def test_bad_items_are_none_with_the_same_reasons(llama, client, continuation_mo
     assert out.tolist() == local.tolist() and out.isna().sum() == 12
     assert [(e.position, e.label, e.reason) for e in llama.last_errors] == local_errors
     assert any(r.startswith("prompt is ") for _, _, r in local_errors)
-    warning = capsys.readouterr().err.strip().splitlines()[-1]
+    lines = capsys.readouterr().err.strip().splitlines()
+    warning = next(line for line in lines if "failed" in line)  # rows cut at max_tokens have a line of their own
     assert warning.startswith("llama.map: 12 of 18 items failed") and "last_errors" in warning
     with pytest.raises(LlamaError, match="nothing was generated"):
         llama.map(["ok", None], cluster=client, errors="raise", max_tokens=4)
@@ -133,6 +134,11 @@ def test_rows_stopped_in_a_loop_on_the_workers_are_reported_as_locally(llama, cl
     llama.map(items[:2], "{}", temperature=0, max_tokens=300)
     lazy = llama.map(dd.from_pandas(pd.Series(items), npartitions=2), "{}", temperature=0, max_tokens=300)
     assert llama.last_loops == [] and lazy.compute().tolist() == local  # a lazy job stops them, reports none
+    cut_here = llama.map(items, "{}", temperature=0, max_tokens=3)
+    local_cut = [(e.position, e.reason) for e in llama.last_cut]
+    assert len(local_cut) == len(items)  # three tokens: every reply is cut
+    assert llama.map(items, "{}", cluster=client, partition_size=4, progress=False, temperature=0, max_tokens=3) == cut_here
+    assert [(e.position, e.reason) for e in llama.last_cut] == local_cut  # the workers' cut rows, as locally
 
 
 def test_wrong_arguments_are_one_line(llama, client):

@@ -155,9 +155,10 @@ def test_generate_stops_the_rows_that_loop_and_says_so_in_one_line(llama, router
     reply = llama.stream(prompts[0], once=True, temperature=0, max_tokens=300)
     assert reply.consume() == stopped[0] and reply.status == "looping"
 
-    llama.settings.stop_loops = False  # for replies that should repeat: every row runs on, nothing is said
+    llama.settings.stop_loops = False  # for replies that should repeat: every row runs on, to max_tokens
     ran_on = llama.generate(prompts, temperature=0, max_tokens=300, batch_size=3, progress=False)
-    assert llama.last_loops == [] and capsys.readouterr().err == ""
+    assert llama.last_loops == [] and [e.position for e in llama.last_cut] == looping
+    assert capsys.readouterr().err.startswith("llama.generate: 5 of 14 replies reached max_tokens (300) and were cut")
     for i, (whole, cut) in enumerate(zip(ran_on, stopped)):
         if i in looping:
             assert whole.startswith(cut) and tokens(llama, whole) == 300
@@ -179,6 +180,28 @@ def test_map_reports_stopped_rows_by_label_and_errors_ignore_keeps_quiet(llama, 
     assert err[1].startswith("llama.map: 1 of 4 items fell into a loop and was stopped (item 'b')")
     llama.map(series, "Question.\n{}", temperature=0, max_tokens=300, errors="ignore")
     assert [e.label for e in llama.last_loops] == ["b"] and capsys.readouterr().err == ""
+
+
+def test_replies_cut_at_max_tokens_are_listed_and_said_in_one_line(llama, router_model, capsys):
+    pd = pytest.importorskip("pandas")
+    llama.load(str(router_model))
+    series = pd.Series([ONCE.strip(), FOREVER.strip(), ONCE.strip()], index=["a", "b", "c"])
+    need = tokens(llama, ANSWER)
+    capsys.readouterr()
+    llama.settings.stop_loops = False
+    out = llama.map(series, "Question.\n{}", temperature=0, max_tokens=need + 5)
+    assert out["a"] == out["c"] == ANSWER and tokens(llama, out["b"]) == need + 5
+    assert [(e.label, e.position) for e in llama.last_cut] == [("b", 1)] and llama.last_errors == []
+    assert f"max_tokens ({need + 5})" in llama.last_cut[0].reason
+    assert capsys.readouterr().err == (f"llama.map: 1 of 3 replies reached max_tokens ({need + 5}) and was cut short "
+                                       "(item 'b'); raise max_tokens for whole replies; details in llama.last_cut.\n")
+    short = llama.map(series, "Question.\n{}", temperature=0, max_tokens=2)  # every reply cut
+    assert [e.label for e in llama.last_cut] == ["a", "b", "c"] and all(tokens(llama, r) == 2 for r in short)
+    assert "3 of 3 replies reached max_tokens (2)" in capsys.readouterr().err
+    llama.map(series, "Question.\n{}", temperature=0, max_tokens=2, errors="ignore")
+    assert len(llama.last_cut) == 3 and capsys.readouterr().err == ""
+    assert llama.generate(["hi"], temperature=0, max_tokens=300, schema={"type": "string"}) is not None
+    assert llama.last_cut == []  # a schema row that runs out is a failure (no value), never a cut reply
 
 
 def test_schema_rows_are_never_stopped_as_loops(llama, looping_model):

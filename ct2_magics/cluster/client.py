@@ -186,7 +186,7 @@ def _lazy(session: Context, items: Any, job: Any, client: Any) -> Any:
 
     token = job.token
     session.last_errors = job_errors(token)  # filled in as the partitions are computed
-    session.last_loops = []  # replies stopped in a loop are not reported from a lazy job's partitions
+    session.last_loops, session.last_cut = [], []  # neither loops nor cut replies are reported from a lazy job's partitions
     if client is not None:
         client.subscribe_topic(token, lambda event: record(token, pickle.loads(event[1]["failures"])))
     meta = pd.Series([], dtype=object, name=items.name)

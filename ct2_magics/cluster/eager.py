@@ -27,7 +27,7 @@ def run(session: Context, client: Any, items: Any, job: Job, *, partition_size: 
     rows = Rows(items, job.template, what="llama.map", noun="items")
     size = whole_number(job.batch_size * BATCHES_PER_PARTITION if partition_size is None else partition_size,
                         "partition_size")
-    session.last_loops = rows.loops
+    session.last_loops, session.last_cut = rows.loops, rows.cut
     try:
         rows.refused(errors)
     finally:
@@ -43,11 +43,13 @@ def run(session: Context, client: Any, items: Any, job: Job, *, partition_size: 
         index = {future.key: i for i, future in enumerate(futures)}
         for future in distributed.as_completed(futures):
             part = parts[index[future.key]]
-            replies, failed, looped = _result(future, distributed)
+            replies, failed, looped, cut = _result(future, distributed)
             for pos, reply in zip(part, replies):
                 rows.replies[pos] = reply
             for q, reason in looped:
                 rows.looped(part[q], reason)
+            for q, reason in cut:
+                rows.was_cut(part[q], reason)
             new = [rows.fail(part[q], reason) for q, reason in failed]
             if new and errors == "raise":
                 session.last_errors = new
@@ -64,7 +66,8 @@ def run(session: Context, client: Any, items: Any, job: Job, *, partition_size: 
     return result
 
 
-def _result(future: Any, distributed: Any) -> tuple[list[str | None], list[tuple[int, str]], list[tuple[int, str]]]:
+def _result(future: Any, distributed: Any) -> tuple[list[str | None], list[tuple[int, str]], list[tuple[int, str]],
+                                                     list[tuple[int, str]]]:
     try:
         return future.result()
     except LlamaError as e:  # raised on a worker: its one line, without the remote traceback

@@ -206,14 +206,15 @@ def answer(values: list[Any], job: Job) -> tuple[list[str | None], list[tuple[in
                               **job.options)
         failures = [(e.position, e.reason) for e in session.last_errors]
         loops = [(e.position, e.reason) for e in session.last_loops]
-    return replies, failures, loops
+        cut = [(e.position, e.reason) for e in session.last_cut]
+    return replies, failures, loops, cut
 
 
 def answer_series(part: Any, job: Job, token: str, partition_info: dict | None = None) -> Any:
     """One partition of a Dask Series: a pandas Series on the partition's own index; failures reported to the client."""
     import pandas as pd
 
-    replies, failures, _loops = answer(part.tolist(), job)  # a lazy job reports failures only
+    replies, failures, _loops, _cut = answer(part.tolist(), job)  # a lazy job reports failures only
     if failures:
         number = (partition_info or {}).get("number", 0)
         report = [(number, pos, part.index[pos], reason) for pos, reason in failures]

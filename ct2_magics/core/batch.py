@@ -9,7 +9,7 @@ from typing import Any
 from ct2_magics.core.choices import Picker
 from ct2_magics.core.choices import checked as checked_choices
 from ct2_magics.core.context import Context
-from ct2_magics.core.items import Progress, Rows, Silent, check_errors_mode, loop_reason, summary, whole_number
+from ct2_magics.core.items import Progress, Rows, Silent, check_errors_mode, cut_reason, loop_reason, summary, whole_number
 from ct2_magics.core.jobs import Job
 from ct2_magics.core.options import Sampling, check_options, resolve
 from ct2_magics.core.planning import prompt_budget
@@ -88,7 +88,7 @@ def run(session: Context, rows: Rows, *, system: str | None, batch_size: int | N
         schema = as_schema(schema)
     result = (rows.result if pick is None and schema is None
               else (lambda: pick.result(rows)) if pick is not None else (lambda: shaped(rows, schema)))
-    session.last_errors, session.last_loops = [], rows.loops
+    session.last_errors, session.last_loops, session.last_cut = [], rows.loops, rows.cut
     if not len(rows):
         return result()
     engine = session.ensure_engine()
@@ -125,7 +125,8 @@ def run(session: Context, rows: Rows, *, system: str | None, batch_size: int | N
     progress.start(len(order), "prompt", long=len(chunks) > 1)
     # A reply that falls into a loop is stopped there, as a streamed one is (never a schema's: its JSON must end).
     on_loop = (lambda pos, span: rows.looped(pos, loop_reason(span))) if session.settings.stop_loops else None
-    job = (_Job(session, engine, sampling, progress, schema, on_loop) if pick is None
+    on_cut = lambda pos: rows.was_cut(pos, cut_reason(sampling.max_tokens))  # noqa: E731
+    job = (_Job(session, engine, sampling, progress, schema, on_loop, on_cut) if pick is None
            else pick.job(session, engine, progress))
     done = 0
     try:
@@ -153,10 +154,11 @@ class _Job(Job):
     """Free or schema replies for the chunks of one generate/map call."""
 
     def __init__(self, session: Context, engine: Any, sampling: Sampling, progress: Progress, schema: Any = None,
-                 on_loop: Callable[[int, str], None] | None = None) -> None:
+                 on_loop: Callable[[int, str], None] | None = None, on_cut: Callable[[int], None] | None = None) -> None:
         super().__init__(session, engine, progress)
         self.sampling, self.schema = sampling, schema
         self.on_loop = on_loop if schema is None else None  # told (position, repeated span) of each reply stopped in a loop
+        self.on_cut = on_cut if schema is None else None  # told the position of each reply that reached max_tokens
 
     def answer(self, engine: Any, prompts: list[list[int]], positions: list[int]) -> list[tuple[int, Any, str | None]]:
         loops: dict[int, str] = {}  # index in prompts -> the repeated span, when on_loop is set
@@ -164,6 +166,10 @@ class _Job(Job):
         if self.on_loop is not None and not self.stop.is_set():
             for i, span in loops.items():
                 self.on_loop(positions[i], span)
+        if self.on_cut is not None and not self.stop.is_set():
+            for i, reply in enumerate(replies):
+                if i not in loops and not isinstance(reply, str) and len(reply) >= self.sampling.max_tokens:
+                    self.on_cut(positions[i])
         # A schema reply without a value comes back as why (a str).
         return [(p, None, r) if isinstance(r, str) else (p, engine.decode(r), None) for p, r in zip(positions, replies)]
 

@@ -21,6 +21,7 @@ class Context(Protocol):
     owner: ModelOwner
     last_errors: list[Any]
     last_loops: list[Any]
+    last_cut: list[Any]
     last_result: Any
     notify: Callable[[str], None]
 

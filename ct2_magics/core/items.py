@@ -183,6 +183,7 @@ class Rows:
         self.replies: list[str | None] = [None] * len(self.values)
         self.failures: list[ItemError] = []
         self.loops: list[ItemError] = []  # replies stopped in a loop (core/loops.py): kept up to there, not failures
+        self.cut: list[ItemError] = []  # replies that reached max_tokens: kept as written, not failures
 
     def __len__(self) -> int:
         return len(self.values)
@@ -196,6 +197,10 @@ class Rows:
         """Mark that the reply at `position` fell into a loop and was stopped (loop_reason(span) says how)."""
         self.loops.append(ItemError(position, self.labels[position], reason))
 
+    def was_cut(self, position: int, reason: str) -> None:
+        """Mark that the reply at `position` reached max_tokens and ends where it was cut (cut_reason says so)."""
+        self.cut.append(ItemError(position, self.labels[position], reason))
+
     def refused(self, errors: str) -> None:
         """With errors='raise', LlamaError for the items that cannot be asked, before anything is generated."""
         if self.problems and errors == "raise":
@@ -206,6 +211,7 @@ class Rows:
         """The replies in the input's shape: a list, or a Series on the input's index."""
         self.failures.sort(key=lambda f: f.position)
         self.loops.sort(key=lambda f: f.position)
+        self.cut.sort(key=lambda f: f.position)
         if self.series is None:
             return list(self.replies)
         pd = sys.modules["pandas"]
@@ -225,6 +231,19 @@ def loop_reason(span: str) -> str:
     """Why a reply was stopped early, naming the span it repeated (shortened)."""
     shown = span if len(span) <= 30 else span[:27] + "..."
     return f"fell into a loop ({shown!r} over and over) and was stopped"
+
+
+def cut_reason(max_tokens: int) -> str:
+    return f"reached max_tokens ({max_tokens}) and was cut short"
+
+
+def cut_summary(cut: list[ItemError], total: int) -> str:
+    """One line about the replies cut at max_tokens."""
+    shown = ", ".join(repr(f.label) for f in cut[:3]) + (f" and {len(cut) - 3} more" if len(cut) > 3 else "")
+    many = len(cut) > 1
+    limit = cut[0].reason.partition("(")[2].partition(")")[0]
+    return (f"{len(cut)} of {total} replies reached max_tokens ({limit}) and {'were' if many else 'was'} cut short "
+            f"(item{'s' * many} {shown}); raise max_tokens for whole replies; details in llama.last_cut.")
 
 
 def loop_summary(loops: list[ItemError], total: int) -> str:

@@ -36,6 +36,7 @@ class Session:
         self._load_lock = threading.RLock()
         self.last_errors: list[Any] = []  # per-item failures of the last generate/map
         self.last_loops: list[Any] = []  # items of the last generate/map whose replies were stopped in a loop
+        self.last_cut: list[Any] = []  # items of the last generate/map whose replies reached max_tokens
         self.last_result: Any = None  # what an interrupted generate/map had answered
         self.notify: Callable[[str], None] = lambda line: None  # one-line notices; the magics set a printer
         # A conversion's progress: a factory like tqdm's, (description, total) -> a bar with update(n); front ends set it.
