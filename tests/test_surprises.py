@@ -154,7 +154,7 @@ shell.run_line_magic("llama", "load " + sys.argv[1])
 print("-- ask", file=sys.stderr, flush=True)
 assert shell.run_cell("%%llama -n 5\\nhi").success
 from ct2_magics import llama
-assert len(llama.generate(["a", "b"], max_tokens=3)) == 2
+assert len(llama.generate(["a", "b"], max_tokens=3, errors="ignore")) == 2  # (our own line on cut replies: quiet)
 print("-- end", file=sys.stderr, flush=True)
 """
 
