@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import _thread
+import contextlib
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -107,3 +111,31 @@ def wait_for(predicate: Any, timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+@contextlib.contextmanager
+def no_hang(seconds: float) -> Iterator[None]:
+    """Fail, instead of hanging the suite, if the block takes longer than `seconds`."""
+    import pytest
+
+    timer = threading.Timer(seconds, _thread.interrupt_main)
+    timer.start()
+    try:
+        yield
+    except KeyboardInterrupt:
+        pytest.fail(f"still waiting after {seconds:.0f} s: the model was never handed back")
+    finally:
+        timer.cancel()
+
+
+def kernel_execute(kc: Any, code: str, timeout: float = 120) -> str:
+    """Run code in a real kernel (a jupyter_client KernelClient); its stdout; fail on an error."""
+    out: list[str] = []
+
+    def hook(msg: dict) -> None:
+        if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
+            out.append(msg["content"]["text"])
+
+    reply = kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return "".join(out)

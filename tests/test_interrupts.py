@@ -3,7 +3,6 @@ items 1 and 4): the model is free at once, every later request works, and so doe
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import importlib.util
 import json
@@ -16,7 +15,7 @@ import threading
 import time
 
 import pytest
-from helpers import run
+from helpers import kernel_execute, no_hang, run
 
 STORY = "Tell me a long story."
 
@@ -54,17 +53,7 @@ def interrupted(action, first: float, gaps: list[float], then=_press) -> None:
             continue
 
 
-@contextlib.contextmanager
-def no_hang(seconds: float = 15.0):
-    """Fail, instead of hanging the suite, if the block takes longer than `seconds`."""
-    timer = threading.Timer(seconds, _thread.interrupt_main)
-    timer.start()
-    try:
-        yield
-    except KeyboardInterrupt:
-        pytest.fail(f"still waiting after {seconds:.0f} s: the model was never handed back")
-    finally:
-        timer.cancel()
+
 
 
 def presses(rng: random.Random) -> tuple[float, list[float]]:
@@ -85,7 +74,7 @@ def test_quick_double_and_triple_interrupts_of_a_stream_leave_the_model_free(lla
         assert not llama.busy, f"run {i} (first press at {first:.3f} s, gaps {gaps}): the model is still held"
         turns = llama.chat().turns
         assert len(turns) <= 1 and all(t.status == "interrupted" for t in turns), (i, turns)
-    with no_hang():
+    with no_hang(15.0):
         assert isinstance(llama.ask("And now?", new=True, max_tokens=5), str)
     assert llama.chat().turns[-1].status in ("complete", "cut")  # cut: it reached max_tokens, as asked
 
@@ -98,7 +87,7 @@ def test_quick_double_and_triple_interrupts_of_a_cell_leave_the_model_free(shell
         interrupted(lambda: run(shell, f"%%llama --new -n 2500\n{STORY}"), first, gaps)
         assert not llama.busy, f"run {i} (first press at {first:.3f} s, gaps {gaps}): the model is still held"
         assert all(t.status == "interrupted" for t in llama.chat().turns), i
-    with no_hang():
+    with no_hang(15.0):
         assert run(shell, "%%llama --new -n 5\nAnd now?").success
         assert llama.unload()
 
@@ -111,7 +100,7 @@ def test_quick_double_and_triple_interrupts_of_a_batch_job_leave_the_model_free(
         interrupted(lambda: llama.generate(["One.", "Two.", "Three.", "Four."], batch_size=1, max_tokens=60,
                                            progress=False), first, gaps)
         assert not llama.busy, f"run {i} (first press at {first:.3f} s, gaps {gaps}): the model is still held"
-    with no_hang():
+    with no_hang(15.0):
         assert isinstance(llama.ask("And now?", new=True, max_tokens=5), str)
 
 
@@ -141,7 +130,7 @@ def test_an_interrupt_no_handler_sees_still_frees_the_model(llama, long_model, s
             assert not llama.busy, f"run {i} (first press at {first:.3f} s, then at line {lines}): the model is held"
     finally:
         sys.settrace(previous)
-    with no_hang():
+    with no_hang(15.0):
         assert isinstance(llama.ask("And now?", new=True, max_tokens=5), str)
 
 
@@ -167,17 +156,7 @@ def kernel():
         km.shutdown_kernel(now=True)
 
 
-def execute(kc, code: str, timeout: float = 120) -> str:
-    """Run code in the kernel; its stdout; fail on an error."""
-    out: list[str] = []
 
-    def hook(msg: dict) -> None:
-        if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
-            out.append(msg["content"]["text"])
-
-    reply = kc.execute_interactive(code, timeout=timeout, output_hook=hook)
-    assert reply["content"]["status"] == "ok", reply["content"]
-    return "".join(out)
 
 
 def reply_to(kc, msg_id: str, timeout: float = 60) -> dict:
@@ -206,7 +185,7 @@ KERNEL_ROUNDS = 10
 def test_quick_double_and_triple_interrupts_in_a_real_kernel_leave_the_model_free(long_model):
     rng = random.Random(2004)
     with kernel() as (km, kc):
-        execute(kc, f"%load_ext ct2_magics\n%llama load {long_model}\nfrom ct2_magics import llama")
+        kernel_execute(kc, f"%load_ext ct2_magics\n%llama load {long_model}\nfrom ct2_magics import llama")
         for i in range(KERNEL_ROUNDS):
             msg_id = kc.execute(f"%%llama --new -n 2500\n{STORY}", stop_on_error=False)
             wait_for_iopub(kc, msg_id, "update_display_data")  # the reply is streaming
@@ -219,8 +198,8 @@ def test_quick_double_and_triple_interrupts_in_a_real_kernel_leave_the_model_fre
             # one line, and never lost: a Ctrl-C landing in ipykernel's own code after the cell loses its reply
             assert reply["status"] == "error" and reply["ename"] == "LlamaInterrupted" and one_line(reply), i
             time.sleep(0.1)  # between cells the kernel ignores Ctrl-C: a late one must not land in the next cell
-            assert execute(kc, "print(llama.busy, llama.chat().turns[-1].status)") == "False interrupted\n", i
-        assert execute(kc, "print(type(llama.ask('And now?', new=True, max_tokens=5)).__name__)", timeout=30) == "str\n"
+            assert kernel_execute(kc, "print(llama.busy, llama.chat().turns[-1].status)") == "False interrupted\n", i
+        assert kernel_execute(kc, "print(type(llama.ask('And now?', new=True, max_tokens=5)).__name__)", timeout=30) == "str\n"
 
 
 # -- item 4: a first load interrupted while it imports its libraries ------------------------------
@@ -248,13 +227,13 @@ def load_interrupted_then_again(model: str, interrupt) -> dict:
     cuts short (its reply), then a second load and a question, which must work. Its first reply."""
     with kernel() as (km, kc):
         heavy = f"import sys; print(sorted(m for m in {LIBRARIES!r} if m in sys.modules))"
-        assert execute(kc, f"%load_ext ct2_magics\n{heavy}") == "[]\n"  # %load_ext stays light
+        assert kernel_execute(kc, f"%load_ext ct2_magics\n{heavy}") == "[]\n"  # %load_ext stays light
         first = interrupt(km, kc, f"%llama load {model}")
         assert first["status"] == "ok" or (first["ename"] == "LlamaInterrupted" and one_line(first)), first
-        execute(kc, UNTRIP)
-        assert execute(kc, f"%llama load {model}", timeout=60).endswith(" on cpu (int8_float32).\n")
+        kernel_execute(kc, UNTRIP)
+        assert kernel_execute(kc, f"%llama load {model}", timeout=60).endswith(" on cpu (int8_float32).\n")
         asked = "from ct2_magics import llama; print(type(llama.ask('Hello', max_tokens=3)).__name__, 'torch' in sys.modules)"
-        first["after"] = execute(kc, asked, timeout=60)
+        first["after"] = kernel_execute(kc, asked, timeout=60)
         assert first["after"].startswith("str ")
         return first
 

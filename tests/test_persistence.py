@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import kernel_execute, run, run_ok, wait_for
 from IPython.core.error import UsageError
 
 from ct2_magics.core import session as session_module
 from ct2_magics.notebook import chat_files, store
-from helpers import run, run_ok, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -295,17 +295,7 @@ def test_load_and_unload_leave_the_shells_events_as_they_were(ipython):
 
 
 # -- a real kernel, killed mid-reply --------------------------------------------------------------
-def _execute(kc, code: str, timeout: float = 120) -> str:
-    """Run code in the kernel; return its stdout; fail on an error."""
-    out: list[str] = []
 
-    def hook(msg: dict) -> None:
-        if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
-            out.append(msg["content"]["text"])
-
-    reply = kc.execute_interactive(code, timeout=timeout, output_hook=hook)
-    assert reply["content"]["status"] == "ok", reply["content"]
-    return "".join(out)
 
 
 def _start_kernel(env: dict):
@@ -325,14 +315,14 @@ def test_a_killed_kernel_gets_every_completed_turn_back(tmp_path, demo_model, lo
     history = "import json; from ct2_magics import llama; print(json.dumps(llama.history()))"
     km, kc = _start_kernel(env)
     try:
-        _execute(kc, "%load_ext ct2_magics")
-        _execute(kc, "%llama load demo")
-        _execute(kc, "%%llama -n 5\nHello there.")
-        _execute(kc, "%%llama -n 5\nTell me more.")
-        before = json.loads(_execute(kc, history))
+        kernel_execute(kc, "%load_ext ct2_magics")
+        kernel_execute(kc, "%llama load demo")
+        kernel_execute(kc, "%%llama -n 5\nHello there.")
+        kernel_execute(kc, "%%llama -n 5\nTell me more.")
+        before = json.loads(kernel_execute(kc, history))
         assert len(before) == 4
 
-        _execute(kc, f"%llama load {long_model}")  # a model that never ends a reply by itself
+        kernel_execute(kc, f"%llama load {long_model}")  # a model that never ends a reply by itself
         msg_id = kc.execute("%%llama -n 3000\nNow a very long story.")
         deadline = time.monotonic() + 60
         streaming = False
@@ -349,8 +339,8 @@ def test_a_killed_kernel_gets_every_completed_turn_back(tmp_path, demo_model, lo
 
     km, kc = _start_kernel(env)
     try:
-        assert _execute(kc, "%load_ext ct2_magics") == "Restored 1 chat (2 turns) saved for this notebook.\n"
-        assert json.loads(_execute(kc, history)) == before
+        assert kernel_execute(kc, "%load_ext ct2_magics") == "Restored 1 chat (2 turns) saved for this notebook.\n"
+        assert json.loads(kernel_execute(kc, history)) == before
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
@@ -392,15 +382,15 @@ def test_two_real_kernels_on_one_notebook_keep_both_conversations(tmp_path, demo
     chats = "import json; from ct2_magics import llama; print(json.dumps({c.name: llama.history(c.name) for c in llama.chats}))"
     (km_a, a), (km_b, b) = _start_kernel(env), _start_kernel(env)
     try:
-        assert _execute(a, "%load_ext ct2_magics") == ""
-        _execute(a, "%llama load demo")
-        _execute(a, "%%llama -n 5\nFrom A, first.")
-        warning = _execute(b, "%load_ext ct2_magics")  # the same notebook, open a second time
+        assert kernel_execute(a, "%load_ext ct2_magics") == ""
+        kernel_execute(a, "%llama load demo")
+        kernel_execute(a, "%%llama -n 5\nFrom A, first.")
+        warning = kernel_execute(b, "%load_ext ct2_magics")  # the same notebook, open a second time
         assert one_line(warning).startswith("Another kernel is running this notebook")
-        _execute(b, "%llama load demo")
-        _execute(b, "%%llama -n 5\nFrom B.")
-        _execute(a, "%%llama -n 5\nFrom A, second.")
-        in_a, in_b = json.loads(_execute(a, chats)), json.loads(_execute(b, chats))
+        kernel_execute(b, "%llama load demo")
+        kernel_execute(b, "%%llama -n 5\nFrom B.")
+        kernel_execute(a, "%%llama -n 5\nFrom A, second.")
+        in_a, in_b = json.loads(kernel_execute(a, chats)), json.loads(kernel_execute(b, chats))
         assert [len(in_a["default"]), len(in_b["default"])] == [4, 2]  # neither kernel took the other's turns
     finally:
         for km, kc in ((km_a, a), (km_b, b)):
@@ -409,16 +399,16 @@ def test_two_real_kernels_on_one_notebook_keep_both_conversations(tmp_path, demo
 
     km, kc = _start_kernel(env)  # both restarted: every turn comes back, each conversation as it was
     try:
-        assert _execute(kc, "%load_ext ct2_magics") == ("Restored 2 chats (3 turns) saved for this notebook; another "
+        assert kernel_execute(kc, "%load_ext ct2_magics") == ("Restored 2 chats (3 turns) saved for this notebook; another "
                                                        "kernel's chat 'default' came back as 'default-2'.\n")
-        assert json.loads(_execute(kc, chats)) == {"default": in_a["default"], "default-2": in_b["default"]}
+        assert json.loads(kernel_execute(kc, chats)) == {"default": in_a["default"], "default-2": in_b["default"]}
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     km, kc = _start_kernel(env)  # and once more: the same chats, no turn twice
     try:
-        assert _execute(kc, "%load_ext ct2_magics") == "Restored 2 chats (3 turns) saved for this notebook.\n"
-        assert json.loads(_execute(kc, chats)) == {"default": in_a["default"], "default-2": in_b["default"]}
+        assert kernel_execute(kc, "%load_ext ct2_magics") == "Restored 2 chats (3 turns) saved for this notebook.\n"
+        assert json.loads(kernel_execute(kc, chats)) == {"default": in_a["default"], "default-2": in_b["default"]}
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

@@ -9,26 +9,16 @@ import threading
 import time
 
 import pytest
+from helpers import no_hang, run, wait_for, wait_idle
 from IPython.core.displaypub import CapturingDisplayPublisher
 
 from ct2_magics.errors import LlamaError
 from ct2_magics.notebook.render import with_mark
-from helpers import run, wait_for, wait_idle
 
 SCRIPT = "One two three four five six seven eight nine ten."
 
 
-@contextlib.contextmanager
-def no_hang(seconds: float = 30.0):
-    """Fail (instead of hanging the suite) if the block takes longer than `seconds`."""
-    timer = threading.Timer(seconds, _thread.interrupt_main)
-    timer.start()
-    try:
-        yield
-    except KeyboardInterrupt:
-        pytest.fail(f"still waiting after {seconds:.0f} s: the model was never handed back")
-    finally:
-        timer.cancel()
+
 
 
 def leave_by_break(llama):
@@ -61,14 +51,14 @@ def leave_an_iterator_in_a_variable(llama):
                                    leave_an_iterator_in_a_variable])
 def test_a_stream_left_unfinished_gives_the_model_back(shell, llama, long_model, sigint, leave):
     llama.load(str(long_model))
-    with no_hang():
+    with no_hang(30.0):
         read = leave(llama)
         assert isinstance(llama.ask("next", chat="other", max_tokens=5), str)
         assert run(shell, "%%llama -n 5\nand a cell").success
     assert wait_idle(llama.generator)
     left = llama.chat().turns[0]
     assert left.status == "stopped" and left.assistant == "".join(read)  # what was read, and nothing else
-    with no_hang():
+    with no_hang(30.0):
         assert llama.unload()
     KEPT.clear()
 
@@ -131,7 +121,7 @@ def test_an_interrupt_in_the_display_code_keeps_the_turn_and_frees_the_model(she
     turn = llama.chat().turns[-1]
     shown = shell.display_pub.outputs[-1]["data"]["text/plain"]
     assert turn.status == "interrupted" and shown == with_mark(turn.assistant, "interrupted")  # the cell shows the turn
-    with no_hang():
+    with no_hang(30.0):
         assert run(shell, "%%llama -n 5\nnext").success
 
 

@@ -63,8 +63,8 @@ class NextTokens(Response):
                 ids, chances = top(probs, self.top)
                 names = TokenTexts(engine)
                 before = self.prompt_ids[-1] if self.prompt_ids else None
-                self.rows = [(names.text(int(i), before), float(p), None if after is None else float(after[i]))
-                             for i, p in zip(ids, chances)]
+                self.rows = [(text, float(p), None if after is None else float(after[i]))
+                             for text, i, p in zip(names.texts(ids, before), ids, chances)]
                 self.stats.prompt_tokens = len(self.prompt_ids)
                 self.status = "complete"
         except Stopped:

@@ -96,14 +96,19 @@ class TokenTexts:
             return self._backend.decode(ids, skip_special_tokens=False)
         return self._tokenizer.decode(ids, skip_special_tokens=False)
 
-    def text(self, token: int, before: int | None) -> str:
+    def texts(self, tokens: Any, before: int | None) -> list[str]:
+        """The text of each of `tokens` where it would stand after `before` (the token written last; None: none)."""
+        plain = before is None or before in self.controls or before in self.ends
+        head = "" if plain else self._decode([before])
+        return [self._text(int(token), before, head, plain) for token in tokens]
+
+    def _text(self, token: int, before: Any, head: str, plain: bool) -> str:
         if token in self.ends:
             return "[end of reply]"
         if token in self.controls:
             return f"[{self.controls[token]}]"
-        if before is None or before in self.controls or before in self.ends:
+        if plain:
             return self._decode([token])
-        head = self._decode([before])
         both = self._decode([before, token])
         return both[len(head):] if both.startswith(head) else self._decode([token])
 
@@ -170,7 +175,7 @@ class ProbStream(WorkerStream):
 
     def took(self, step: Any, piece: str) -> None:
         token, prob, ids, chances = step
-        alternatives = tuple((self.names.text(int(i), self._before), float(p)) for i, p in zip(ids, chances))
+        alternatives = tuple(zip(self.names.texts(ids, self._before), map(float, chances)))
         where = np.flatnonzero(ids == token)
         self.tokens.append(TokenProb(piece, prob, alternatives, int(where[0]) if where.size else None))
         self._before = token

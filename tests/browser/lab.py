@@ -609,3 +609,23 @@ def open_notebook7(page, server: "NotebookServer", name: str, *, timeout: float 
         timeout=timeout * 1000, polling=100)
     wait_kernel_idle(page, timeout=timeout)
     return notebook(page)
+
+
+# A JavaScript function for page.evaluate snippets: the characters of `elements`' text that have no glyph in this
+# browser's fonts (each drawn in its element's font and compared with a character no font has, U+10FFFD).
+GLYPHLESS_JS = """const glyphless = (elements) => {
+  const canvas = document.createElement('canvas');
+  canvas.width = 64; canvas.height = 64;
+  const g = canvas.getContext('2d', {willReadFrequently: true});
+  const draw = (ch, font) => { g.clearRect(0, 0, 64, 64); g.font = font; g.fillText(ch, 8, 44);
+                               return g.getImageData(0, 0, 64, 64).data.join(','); };
+  const tofu = [];
+  for (const el of elements) {
+    const font = getComputedStyle(el).font;
+    const nothing = draw(String.fromCodePoint(0x10FFFD), font);
+    for (const ch of new Set(Array.from(el.textContent))) {
+      if (ch.codePointAt(0) > 0x7e && ch.trim() && draw(ch, font) === nothing) tofu.push(ch);
+    }
+  }
+  return tofu;
+};"""

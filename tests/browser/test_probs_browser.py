@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .lab import cell, execute_command, open_notebook, run_all
+from .lab import GLYPHLESS_JS, cell, execute_command, open_notebook, run_all
 
 # A reply whose tokens are markup: each would run script or fetch something if it became HTML.
 HOSTILE = 'Paris <img src=x onerror="self.xa=1"> is <script>top.yb=2</SCRIPT>\n<b onmouseover="parent.zc=3">big</b> &amp; old.'
@@ -27,17 +27,8 @@ INSPECT = """(root) => {
     for (const a of el.attributes) if (!['class', 'title', 'style'].includes(a.name)) bad.push(tag + '[' + a.name + ']');
   }
   for (const st of root.querySelectorAll('style')) if (!/^\\.ct2-(probs|md)/.test(st.textContent)) bad.push('foreign <style>');
-  const canvas = document.createElement('canvas');
-  canvas.width = 64; canvas.height = 64;
-  const g = canvas.getContext('2d', {willReadFrequently: true});
-  const draw = (ch, font) => { g.clearRect(0, 0, 64, 64); g.font = font; g.fillText(ch, 8, 44);
-                               return g.getImageData(0, 0, 64, 64).data.join(','); };
-  const tofu = [];
-  for (const el of root.querySelectorAll('.ct2-probs, .ct2-choices')) {
-    const font = getComputedStyle(el).font;
-    const nothing = draw(String.fromCodePoint(0x10FFFD), font);
-    for (const ch of new Set(Array.from(el.textContent))) if (ch.codePointAt(0) > 0x7e && ch.trim() && draw(ch, font) === nothing) tofu.push(ch);
-  }
+  """ + GLYPHLESS_JS + """
+  const tofu = glyphless(root.querySelectorAll('.ct2-probs, .ct2-choices'));
   const spans = Array.from(root.querySelectorAll('.ct2-tokens span'));
   return {bad, tofu, text: (root.querySelector('.ct2-tokens') || {}).textContent,
           titles: spans.map(s => s.getAttribute('title')),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .lab import cell, open_notebook, run_all
+from .lab import GLYPHLESS_JS, cell, open_notebook, run_all
 
 POEM = "The sea is wide,\nThe sea is deep,\nIt sings the moon\nAnd me to sleep."
 CODE = "Here it is:\n```python\ndef add(a, b):\n    return a + b\n```\nThat adds two numbers."
@@ -26,21 +26,9 @@ ENDINGS = ("from IPython.display import display\nfrom ct2_magics.notebook.render
 # Over one output area: the paragraphs' line breaks, the code blocks' box, and the characters of the end marks
 # that have no glyph in any font here (drawn like a character no font has: U+10FFFD).
 INSPECT = """(root) => {
-  const canvas = document.createElement('canvas');
-  canvas.width = 64; canvas.height = 64;
-  const g = canvas.getContext('2d', {willReadFrequently: true});
-  const draw = (ch, font) => { g.clearRect(0, 0, 64, 64); g.font = font; g.fillText(ch, 8, 44);
-                               return g.getImageData(0, 0, 64, 64).data.join(','); };
-  const tofu = [];
+  """ + GLYPHLESS_JS + """
   const marks = Array.from(root.querySelectorAll('.ct2-end'));
-  for (const el of root.querySelectorAll('.ct2-md')) {
-    if (el.closest('pre')) continue;
-    const font = getComputedStyle(el).font;
-    const nothing = draw(String.fromCodePoint(0x10FFFD), font);
-    for (const ch of new Set(Array.from(el.textContent))) {
-      if (ch.codePointAt(0) > 0x7e && ch.trim() && draw(ch, font) === nothing) tofu.push(ch);
-    }
-  }
+  const tofu = glyphless(Array.from(root.querySelectorAll('.ct2-md')).filter(el => !el.closest('pre')));
   const px = v => parseFloat(v) || 0;
   const code = Array.from(root.querySelectorAll('pre.ct2-code')).map(pre => {
     const s = getComputedStyle(pre), next = pre.nextElementSibling;
